@@ -1,0 +1,33 @@
+# make setup | demo | test | bench   (see README.md)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export NO_ALBUMENTATIONS_UPDATE := 1
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup demo test test-all bench clean
+
+setup: $(VENV)/.installed
+
+# constraints.txt pins every package to the versions this project is tested with.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+demo: setup
+	$(BIN)/curate run configs/demo.yaml --out runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	mkdir -p benchmarks/results
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b --out benchmarks/results || exit 1; done
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""curate: turn a pool of image-text pairs into quality-tiered WebDataset shards."""

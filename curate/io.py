@@ -1,0 +1,115 @@
+"""Parts on disk: atomic writes, done markers, and the fingerprints that keep a resume honest."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DONE_DIR = "_done"
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def fingerprint(*items: Any) -> str:
+    """A short stable hash of JSON-able items (configs, uid lists, file lists)."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update(json.dumps(item, sort_keys=True, default=str).encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def uids_fingerprint(uids: Iterable[str]) -> str:
+    h = hashlib.sha256()
+    for uid in uids:
+        h.update(uid.encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One unit of work: an input Parquet file and where its output and done marker go."""
+
+    index: int
+    input_path: Path
+    stage_dir: Path
+
+    @property
+    def name(self) -> str:
+        return part_name(self.index)
+
+    @property
+    def output_path(self) -> Path:
+        return self.stage_dir / f"{self.name}.parquet"
+
+    @property
+    def done_path(self) -> Path:
+        return self.stage_dir / DONE_DIR / f"{self.name}.json"
+
+
+def read_done(part: Part) -> dict | None:
+    if not part.done_path.exists() or not part.output_path.exists():
+        return None
+    return read_json(part.done_path)
+
+
+def write_done(part: Part, marker: dict) -> None:
+    atomic_write_json(part.done_path, marker)
+
+
+def list_parts(stage_dir: Path) -> list[Path]:
+    return sorted(Path(stage_dir).glob("part-*.parquet"))
+
+
+def read_column(paths: Iterable[Path], column: str) -> pa.ChunkedArray:
+    """One column across many part files, without loading the others."""
+    chunks = [pq.read_table(p, columns=[column]).column(column) for p in paths]
+    if not chunks:
+        return pa.chunked_array([], type=pa.string())
+    return pa.chunked_array([c for ch in chunks for c in ch.chunks], type=chunks[0].type)

@@ -1,0 +1,112 @@
+"""Stage contracts. A MapStage turns each part into a part with the same uids plus its columns;
+a GlobalStage needs every row at once. Runners (local or Ray) call the same code."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.io import Part, atomic_write_parquet, read_done, uids_fingerprint, write_done
+from curate.schema import UID
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a stage needs. `actors` > 0 asks for a pool of long-lived workers."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    batch_size: int = 1024
+    actors: int = 0
+
+
+class StageOutputError(RuntimeError):
+    """A stage broke the map contract (lost, reordered or invented rows, or missed a column)."""
+
+
+class MapStage:
+    """Arrow table in, Arrow table out: the same uids in the same order, plus `provides` columns.
+
+    Subclasses keep `__init__` cheap (it is pickled to workers), load heavy things in `setup()`
+    (called once per worker) into attributes whose names start with `_` (never pickled), and do
+    the work in `process()`. A part-parallel stage that writes
+    side files (tars) overrides `process_part()` to learn which part it is working on.
+    """
+
+    name: str = "map"
+    requires: tuple[str, ...] = (UID,)
+    provides: tuple[str, ...] = ()
+    resources: Resources = Resources()
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def setup(self) -> None:
+        """Load models or build clients; called once per worker before the first part."""
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        raise NotImplementedError
+
+    def process_part(self, table: pa.Table, part: Part) -> pa.Table:
+        return self.process(table)
+
+    def config_fingerprint(self) -> str:
+        """Hash of whatever changes this stage's output; stored in done markers."""
+        return ""
+
+
+class GlobalStage:
+    """Needs all rows (clustering, quantiles): reads uid-keyed parts, writes artifacts."""
+
+    name: str = "global"
+
+    def run(self, input_paths: list[Path], out_dir: Path) -> dict:
+        raise NotImplementedError
+
+
+def check_output(stage: MapStage, table: pa.Table, out: pa.Table) -> None:
+    missing = [c for c in stage.provides if c not in out.column_names]
+    if missing:
+        raise StageOutputError(f"stage {stage.name!r} did not provide columns {missing}")
+    if out.num_rows != table.num_rows or not out.column(UID).equals(table.column(UID)):
+        raise StageOutputError(
+            f"stage {stage.name!r} returned {out.num_rows} rows for {table.num_rows} input rows "
+            "or changed their uids/order; map stages never drop, add or reorder rows"
+        )
+
+
+def run_part(stage: MapStage, part: Part) -> dict:
+    """Run one part to completion: process, check, write atomically, then mark done."""
+    if not getattr(stage, "_is_set_up", False):
+        stage.setup()
+        stage._is_set_up = True
+    start = time.time()
+    table = pq.read_table(part.input_path)
+    missing = [c for c in stage.requires if c not in table.column_names]
+    if missing:
+        raise StageOutputError(f"stage {stage.name!r} needs columns {missing} in {part.input_path}")
+    out = stage.process_part(table, part)
+    check_output(stage, table, out)
+    atomic_write_parquet(part.output_path, out)
+    marker = {
+        "part": part.name,
+        "rows": out.num_rows,
+        "input_uids": uids_fingerprint(table.column(UID).to_pylist()),
+        "config": stage.config_fingerprint(),
+        "wall_s": round(time.time() - start, 3),
+    }
+    write_done(part, marker)
+    log.debug("%s %s done: %d rows in %.2fs", stage.name, part.name, out.num_rows, marker["wall_s"])
+    return marker
+
+
+def is_done(stage: MapStage, part: Part, input_uids: str) -> bool:
+    """True when the part has a done marker made from the same input and config."""
+    marker = read_done(part)
+    return bool(marker) and marker["input_uids"] == input_uids and marker["config"] == stage.config_fingerprint()

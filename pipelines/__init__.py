@@ -1,0 +1,1 @@
+"""Config composition, the local and Ray runners, and the `curate` command line."""

@@ -1,0 +1,67 @@
+"""Runners execute a MapStage over parts. Both call `curate.stage.run_part`, so their outputs match."""
+from __future__ import annotations
+
+import logging
+import traceback
+
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from curate.io import Part, uids_fingerprint
+from curate.schema import UID
+from curate.stage import MapStage, is_done, run_part
+
+log = logging.getLogger(__name__)
+
+
+class PartsFailed(RuntimeError):
+    def __init__(self, stage: str, failed: dict[str, str]):
+        self.failed = failed
+        names = ", ".join(sorted(failed))
+        super().__init__(f"stage {stage!r}: {len(failed)} part(s) failed for good: {names}")
+
+
+def pending_parts(stage: MapStage, parts: list[Part]) -> list[Part]:
+    """Parts without a done marker from the same input uids and stage config."""
+    todo = []
+    for part in parts:
+        uids = pq.read_table(part.input_path, columns=[UID]).column(UID).to_pylist()
+        if not is_done(stage, part, uids_fingerprint(uids)):
+            todo.append(part)
+    skipped = len(parts) - len(todo)
+    if skipped:
+        log.info("%s: %d of %d parts already done, skipping them", stage.name, skipped, len(parts))
+    return todo
+
+
+class LocalRunner:
+    """In-process, one part after another: for debugging and fast tests."""
+
+    name = "local"
+
+    def __init__(self, part_retries: int = 2):
+        self.part_retries = part_retries
+
+    def map_parts(self, stage: MapStage, parts: list[Part]) -> None:
+        failed: dict[str, str] = {}
+        for part in tqdm(pending_parts(stage, parts), desc=stage.name, unit="part"):
+            error = self._run_with_retries(stage, part)
+            if error:
+                failed[part.name] = error
+        if failed:
+            raise PartsFailed(stage.name, failed)
+
+    def _run_with_retries(self, stage: MapStage, part: Part) -> str | None:
+        """None on success, else the last traceback; a failed part must not stop the others."""
+        error = None
+        for attempt in range(1, self.part_retries + 2):
+            try:
+                run_part(stage, part)
+                return None
+            except Exception:
+                error = traceback.format_exc()
+                log.error("%s %s failed (attempt %d):\n%s", stage.name, part.name, attempt, error)
+        return error
+
+    def close(self) -> None:
+        pass

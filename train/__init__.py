@@ -1,0 +1,1 @@
+"""CLIP training and evaluation on curated subsets (open_clip models and loss)."""
