@@ -95,6 +95,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256
 
     def __init__(self, host: str, port: int, root: Path, hang_s: float):
         self.root = Path(root).resolve()

@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def print_funnel(stage: str, stats: dict, out=sys.stdout) -> None:
+def print_funnel(stage: str, stats: dict, out=None) -> None:
+    out = out or sys.stdout
     rows = stats["input_rows"]
     print(f"\n{stage} funnel", file=out)
     print(f"  {'input rows':<22}{rows:>9}", file=out)

@@ -1,0 +1,51 @@
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.cli import main
+
+
+@pytest.mark.parametrize("args", [[], ["run"], ["synth"], ["download"]])
+def test_every_command_explains_itself(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: curate" in text and len(text) > 300
+
+
+def test_unknown_config_key_fails_before_any_work(tmp_path, capsys):
+    code = main(["run", "configs/demo.yaml", "--out", str(tmp_path / "run"), "--set", "download.thread=4"])
+    assert code == 2
+    assert "download.thread" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_input_column_is_a_clear_error(tmp_path, capsys):
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"link": ["http://x/"], "caption": ["c"]}), tmp_path / "in.parquet")
+    code = main(["download", "--input", str(tmp_path / "in.parquet"), "--out", str(tmp_path), "--runner", "local"])
+    assert code == 2 and "lacks columns ['url']" in capsys.readouterr().err
+
+
+def test_run_synth_and_download_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "configs/demo.yaml", "--out", str(out), "--runner", "local", "--set", "synth.n=120",
+                 "--set", "synth.hang_s=3", "--set", "download.timeout_s=2", "--set", "download.rows_per_part=50"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    stats = json.loads((out / "download" / "stats.json").read_text())
+    assert stats["input_rows"] == 120 == sum(stats["by_status"].values())
+    assert f"{stats['by_status']['ok']:>9}" in printed and "= input rows" in printed
+    assert (out / "config.resolved.yaml").exists() and len(list((out / "download" / "shards").glob("*.tar"))) == 3
+
+
+def test_synth_then_download_as_separate_commands(tmp_path, capsys):
+    assert main(["synth", "--n", "40", "--seed", "2", "--out", str(tmp_path / "pool"), "--set", "hang_s=2"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 40
+    code = main(["download", "--input", str(tmp_path / "pool" / "pool.parquet"), "--serve", str(tmp_path / "pool"),
+                 "--out", str(tmp_path / "dl"), "--runner", "local", "--set", "download.timeout_s=2"])
+    assert code == 0
+    assert "download funnel" in capsys.readouterr().out
