@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import logging
 
-from tqdm import tqdm
-
 from curate.io import Part
 from curate.stage import MapStage, run_part
 from pipelines.ray_options import init_kwargs, task_options
-from pipelines.runners import PartsFailed, pending_parts
+from pipelines.runners import PartsFailed, part_rows, pending_parts, progress
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +34,7 @@ class RayRunner:
         task = ray.remote(run_part).options(**task_options(stage.resources, self.part_retries))
         refs = {task.remote(stage, part): part for part in todo}
         failed: dict[str, str] = {}
-        with tqdm(total=len(refs), desc=f"{stage.name} (ray)", unit="part") as bar:
+        with progress(stage, todo, " (ray)") as bar:
             waiting = list(refs)
             while waiting:
                 ready, waiting = ray.wait(waiting, num_returns=1)
@@ -46,7 +44,7 @@ class RayRunner:
                 except Exception as err:  # the task already used its retries
                     log.error("%s %s failed for good: %s", stage.name, part.name, err)
                     failed[part.name] = str(err)[-2000:]
-                bar.update(1)
+                bar.update(part_rows(part))
         if failed:
             raise PartsFailed(stage.name, failed)
 

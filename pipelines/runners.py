@@ -34,6 +34,16 @@ def pending_parts(stage: MapStage, parts: list[Part]) -> list[Part]:
     return todo
 
 
+def progress(stage: MapStage, parts: list[Part], suffix: str = "") -> tqdm:
+    """A bar in rows (rate and ETA in rows/s) over the given parts."""
+    rows = sum(part_rows(p) for p in parts)
+    return tqdm(total=rows, desc=f"{stage.name}{suffix}", unit="row", unit_scale=True)
+
+
+def part_rows(part: Part) -> int:
+    return pq.ParquetFile(part.input_path).metadata.num_rows
+
+
 class LocalRunner:
     """In-process, one part after another: for debugging and fast tests."""
 
@@ -44,10 +54,13 @@ class LocalRunner:
 
     def map_parts(self, stage: MapStage, parts: list[Part]) -> None:
         failed: dict[str, str] = {}
-        for part in tqdm(pending_parts(stage, parts), desc=stage.name, unit="part"):
-            error = self._run_with_retries(stage, part)
-            if error:
-                failed[part.name] = error
+        todo = pending_parts(stage, parts)
+        with progress(stage, todo) as bar:
+            for part in todo:
+                error = self._run_with_retries(stage, part)
+                if error:
+                    failed[part.name] = error
+                bar.update(part_rows(part))
         if failed:
             raise PartsFailed(stage.name, failed)
 
