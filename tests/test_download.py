@@ -1,10 +1,10 @@
+import csv
 import hashlib
 import io
 import json
 import os
 import tarfile
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -87,18 +87,27 @@ def test_rerun_does_nothing_and_a_deleted_marker_reruns_only_that_part(local_run
     assert again["by_status"] == stats["by_status"]
 
 
-def test_bad_input_rows_and_dead_hosts_are_statuses_not_crashes(small_pool, tmp_path):
-    pool = pq.read_table(small_pool / "pool.parquet", columns=["url", "caption"]).slice(0, 20)
-    bad = pa.table({"url": [r[0] for r in BAD_ROWS] + ["http://127.0.0.1:1/refused.jpg"],
-                    "caption": [r[1] for r in BAD_ROWS] + ["nobody listens on port 1"]})
-    path = tmp_path / "mixed.parquet"
-    pq.write_table(pa.concat_tables([bad, pool]), path)
-    stats = run_download(fast_download(input=path, rows_per_part=7), tmp_path, LocalRunner(), small_pool)
+def test_accounting_holds_on_a_pool_with_every_bad_input_kind(small_pool, tmp_path):
+    """Every broken kind from the synth pool plus every bad input row, as CSV (so non-UTF-8 is possible)."""
+    pool = pq.read_table(small_pool / "pool.parquet", columns=["url", "caption"]).to_pylist()
+    rows = [{"url": u, "caption": c} for u, c in BAD_ROWS] + pool
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["url", "caption"])
+    writer.writeheader()
+    writer.writerows(rows)
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(buf.getvalue().encode() + b"http://127.0.0.1:1/x.jpg,caf\xe9\n")
+    stats = run_download(fast_download(input=path, rows_per_part=64), tmp_path, LocalRunner(), small_pool)
     table = read_parts(tmp_path / "download")
-    assert stats["input_rows"] == table.num_rows == 30 == sum(stats["by_status"].values())
+    n = len(rows) + 1
+    assert stats["input_rows"] == table.num_rows == n == sum(stats["by_status"].values())
     statuses = table.column("status").to_pylist()
-    assert statuses[1:9] == EXPECTED[1:]
-    assert statuses[0] == statuses[9] == Status.CONNECTION_ERROR  # nothing listens on port 1
+    assert statuses[1:len(BAD_ROWS)] == EXPECTED[1:]
+    assert statuses[0] == Status.CONNECTION_ERROR  # nothing listens on port 1
+    assert statuses[-1] == Status.BAD_ENCODING
+    expected_pool = [BROKEN_KINDS.get(r["gt_noise"], Status.OK)
+                     for r in pq.read_table(small_pool / "pool.parquet", columns=["gt_noise"]).to_pylist()]
+    assert statuses[len(BAD_ROWS):-1] == expected_pool
 
 
 @pytest.mark.parametrize("message,status", [
