@@ -76,8 +76,9 @@ def _format_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: Path | None, overrides: list[str] = ()) -> PipelineConfig:
-    """Read YAML (safe_load only), apply overrides, validate; every problem is a ConfigError."""
+def load_config(path: Path | None, overrides: list[str] = (), schema: type[BaseModel] = PipelineConfig):
+    """Read YAML (safe_load only), apply overrides, validate against `schema` (the pipeline config by
+    default); every problem is a ConfigError."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -91,7 +92,7 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> PipelineConfig:
             raise ConfigError(f"{path} must hold a mapping of config keys")
     data = apply_overrides(data, list(overrides))
     try:
-        return PipelineConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(err, str(path or "defaults"))) from err
 

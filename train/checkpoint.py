@@ -1,0 +1,53 @@
+"""Checkpoints: model config + train config + step + weights + optimizer, saved atomically and loaded
+with `weights_only=True`. The file is also an open_clip `pretrained=` file (it has a `state_dict`)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from train.models import create, model_config
+
+
+def save(path: Path, model, optimizer, step: int, model_name: str, train_config: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"model_name": model_name, "model_config": model_config(model_name), "train_config": train_config,
+             "step": step, "state_dict": model.state_dict(),
+             "optimizer": optimizer.state_dict() if optimizer is not None else None}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def read(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise ValueError(f"{path} is not a checkpoint written by `curate train` (no state_dict)")
+    return state
+
+
+def load_into(model, state: dict, source: Path) -> None:
+    """Load weights, with a clear error when they come from another architecture."""
+    mine = model.state_dict()
+    theirs = state["state_dict"]
+    wrong = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
+    if wrong or set(theirs) - set(mine):
+        raise ValueError(f"{source} holds weights of another architecture ({state.get('model_name')!r}); "
+                         f"{len(wrong)} tensors differ, e.g. {wrong[:3]}")
+    model.load_state_dict(theirs)
+
+
+def load_model(path: Path, device: str = "cpu"):
+    """(model, model name) from a `curate train` checkpoint, in eval mode."""
+    state = read(path)
+    name = state.get("model_name")
+    if not name:
+        raise ValueError(f"{path} does not name its model")
+    model = create(name, device="cpu")
+    load_into(model, state, path)
+    return model.to(device).eval(), name

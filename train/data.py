@@ -1,0 +1,158 @@
+"""Training data: pairs directories and WebDataset shards, as one endless, seeded, resumable stream.
+
+Epoch e visits every record once in an order drawn from (seed, e); the stream runs as many epochs as
+the sample budget needs (DataComp's rule: every subset gets the same samples seen). Records that fail
+to decode are skipped and counted, never fatal.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass(frozen=True)
+class Record:
+    """Where one pair's image bytes live: a file, or a member of a tar."""
+
+    image: str          # file path, or tar path
+    member: str | None  # tar member name, or None for a file
+    caption: str
+
+
+def pairs_records(root: Path, column_filter: dict[str, list] | None = None) -> list[Record]:
+    """Records of a pairs directory (`pairs.parquet` with `path` and `caption`), optionally filtered by
+    column values, e.g. {"vendor": ["twitter"]}."""
+    root = Path(root)
+    table_path = root / "pairs.parquet"
+    if not table_path.exists():
+        raise FileNotFoundError(f"{table_path} not found: a pairs directory needs pairs.parquet")
+    table = pq.read_table(table_path)
+    for col, allowed in (column_filter or {}).items():
+        if col not in table.column_names:
+            raise ValueError(f"filter column {col!r} is not in {table_path} (columns: {table.column_names})")
+        keep = np.isin(np.asarray(table.column(col).to_pylist(), dtype=object), list(allowed))
+        table = table.filter(keep)
+    return [Record(str(root / p), None, c or "") for p, c in zip(table.column("path").to_pylist(),
+                                                                  table.column("caption").to_pylist())]
+
+
+def shard_records(shards: list[Path], uids: set[str] | None = None) -> list[Record]:
+    """Records of WebDataset tars (ours, img2dataset's or open_clip's): samples with an image and a .txt;
+    with `uids`, only samples whose .json names one of them."""
+    records = []
+    for shard in shards:
+        samples: dict[str, dict[str, str]] = {}
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if not member.isfile() or "." not in member.name:
+                    continue
+                key, ext = member.name.split(".", 1)
+                samples.setdefault(key, {})[ext.lower()] = member.name
+            for key, files in samples.items():
+                image = next((files[e] for e in IMAGE_EXTS if e in files), None)
+                if uids is not None and ("json" not in files or _json_uid(tar, files["json"]) not in uids):
+                    continue
+                if image and "txt" in files:
+                    caption = tar.extractfile(files["txt"]).read().decode("utf-8", "replace")
+                    records.append(Record(str(shard), image, caption))
+    return records
+
+
+def _json_uid(tar: tarfile.TarFile, member: str) -> str | None:
+    try:
+        return json.loads(tar.extractfile(member).read()).get("uid")
+    except (ValueError, AttributeError):
+        return None
+
+
+def resolve_shards(spec: str | Path) -> list[Path]:
+    """A folder of tars, a single tar, or a brace pattern like `dir/{00000..00009}.tar`."""
+    import braceexpand
+
+    spec = str(spec)
+    if Path(spec).is_dir():
+        shards = sorted(Path(spec).glob("*.tar"))
+    else:
+        shards = [Path(p) for p in braceexpand.braceexpand(spec)]
+    missing = [str(p) for p in shards if not p.exists()]
+    if not shards or missing:
+        raise FileNotFoundError(f"no shards at {spec}" + (f" (missing: {missing[:3]})" if missing else ""))
+    return shards
+
+
+def load_image(record: Record, tars: dict[str, tarfile.TarFile]) -> Image.Image:
+    if record.member is None:
+        data = Path(record.image).read_bytes()
+    else:
+        tar = tars.get(record.image) or tars.setdefault(record.image, tarfile.open(record.image))
+        data = tar.extractfile(record.member).read()
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert("RGB")
+
+
+class PairStream(torch.utils.data.IterableDataset):
+    """Endless (image tensor, token ids) pairs in a seeded order, starting after `start` samples.
+
+    With DataLoader workers, worker w keeps positions w, w+W, ...; batches then interleave workers in
+    order, so the stream is the same whatever the worker count. An undecodable sample yields None in
+    its place (so positions, and resumes, stay exact); `collate` drops and counts it."""
+
+    def __init__(self, records: list[Record], transform: Callable, tokenize: Callable, seed: int,
+                 start: int = 0):
+        if not records:
+            raise ValueError("no training records: the subset, pairs directory or shard list is empty")
+        self.records, self.transform, self.tokenize = records, transform, tokenize
+        self.seed, self.start = seed, start
+
+    def order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.records))
+
+    def positions(self) -> Iterator[tuple[int, int]]:
+        """(global position, record index) from `start` on, forever."""
+        n = len(self.records)
+        epoch, offset = divmod(self.start, n)
+        position = self.start
+        while True:
+            for index in self.order(epoch)[offset:]:
+                yield position, int(index)
+                position += 1
+            epoch, offset = epoch + 1, 0
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        tars: dict[str, tarfile.TarFile] = {}
+        for position, index in self.positions():
+            if position % workers != worker:
+                continue
+            record = self.records[index]
+            try:
+                image = self.transform(load_image(record, tars))
+            except (OSError, UnidentifiedImageError, ValueError, tarfile.TarError, KeyError) as err:
+                log.warning("skipping undecodable sample %s:%s (%s)", record.image, record.member or "", err)
+                yield None
+                continue
+            yield image, self.tokenize([record.caption])[0]
+
+
+def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack the decodable samples; the third item counts the ones skipped."""
+    good = [b for b in batch if b is not None]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), len(batch)
+    images, texts = zip(*good)
+    return torch.stack(images), torch.stack(texts), len(batch) - len(good)
