@@ -6,7 +6,7 @@ import pytest
 from pipelines.cli import main
 
 
-@pytest.mark.parametrize("args", [[], ["run"], ["synth"], ["download"]])
+@pytest.mark.parametrize("args", [[], ["run"], ["synth"], ["download"], ["train"], ["eval"]])
 def test_every_command_explains_itself(args, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*args, "--help"])
