@@ -55,3 +55,10 @@ def test_resolved_config_loads_again_and_records_provenance(tmp_path):
 def test_demo_config_is_valid():
     cfg = load_config("configs/demo.yaml")
     assert cfg.stages == ["synth", "download"] and cfg.runner.kind == "ray"
+
+
+def test_shipped_train_config_is_valid():
+    from train.config import TrainConfig
+
+    cfg = load_config("configs/train/emoji-twitter.yaml", schema=TrainConfig)
+    assert cfg.steps * cfg.batch_size == cfg.samples_seen == 102400

@@ -98,14 +98,22 @@ def test_shards_train_with_a_corrupt_sample_skipped_and_counted(tmp_path):
 
 def test_bad_training_inputs_are_clear_errors(tmp_path):
     pairs = _pairs_dir(tmp_path / "pairs", n=8)
-    with pytest.raises(ValueError, match="smaller than one batch"):
-        train(_cfg({"pairs": str(pairs)}, samples_seen=8, batch_size=16), tmp_path / "a")
+    with pytest.raises(ValueError, match="multiple of batch_size"):
+        _cfg({"pairs": str(pairs)}, samples_seen=8, batch_size=16)
     with pytest.raises(FileNotFoundError, match="no shards"):
         train(_cfg({"shards": str(tmp_path / "empty")}), tmp_path / "b")
     with pytest.raises(ValueError, match="exactly one"):
         _cfg({"pairs": str(pairs), "shards": "x"})
     with pytest.raises(ValueError, match="filter column"):
         train(_cfg({"pairs": str(pairs), "pairs_filter": {"vendor": ["x"]}}), tmp_path / "c")
+
+
+def test_bf16_autocast_and_gradient_checkpointing_train_on_cpu(tmp_path):
+    pairs = _pairs_dir(tmp_path / "pairs", n=16)
+    summary = train(_cfg({"pairs": str(pairs)}, samples_seen=32, precision="bf16", grad_checkpointing=True),
+                    tmp_path / "run")
+    loss = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
+    assert summary["steps"] == 2 and np.isfinite(loss)
 
 
 def test_retrieval_and_probe_are_perfect_when_right_by_construction():

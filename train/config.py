@@ -30,7 +30,7 @@ class TrainConfig(BaseModel):
     model: str = "tiny-vit-32"
     pretrained: str | None = Field(None, description="open_clip tag or local weights file; none = random init")
     data: DataConfig
-    samples_seen: int = Field(20_000, ge=1, description="the compute budget: every run sees exactly this many")
+    samples_seen: int = Field(20_480, ge=1, description="the compute budget: every run sees exactly this many")
     batch_size: int = Field(256, ge=2)
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.2, ge=0)
@@ -42,6 +42,13 @@ class TrainConfig(BaseModel):
     grad_checkpointing: bool = False
     log_every_steps: int = Field(10, ge=1)
     checkpoint_every_steps: int = Field(200, ge=1)
+
+    @model_validator(mode="after")
+    def _whole_batches(self) -> "TrainConfig":
+        if self.samples_seen % self.batch_size:
+            raise ValueError(f"samples_seen ({self.samples_seen}) must be a multiple of batch_size "
+                             f"({self.batch_size}), so that every run sees exactly that many samples")
+        return self
 
     @property
     def steps(self) -> int:

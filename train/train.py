@@ -64,8 +64,6 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
     """Train (or resume) into `out_dir`: checkpoint.pt, metrics.jsonl, summary.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.steps < 1:
-        raise ValueError(f"samples_seen={cfg.samples_seen} is smaller than one batch ({cfg.batch_size})")
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
@@ -102,7 +100,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
     model.train()
     skipped, start_step, start_time = 0, step, time.time()
     metrics = open(out_dir / "metrics.jsonl", "a")
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.model}", unit="step")
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.model}", unit="step", mininterval=2)
     batches = iter(loader)
     while step < cfg.steps:
         images, texts, n_skipped = next(batches)
