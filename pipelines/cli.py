@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, InputError, FileNotFoundError, ValueError) as err:
+        if args.verbose:
+            raise
         print(f"curate {args.command}: {err}", file=sys.stderr)
         return 2
     except PartsFailed as err:

@@ -45,7 +45,7 @@ def run_download(cfg: DownloadConfig, out_dir: Path, runner, serve_dir: Path | N
     """Split the input into parts, download the parts not yet done, and write stats.json.
 
     Raises PartsFailed (after writing stats) when some parts failed for good."""
-    stage_dir = Path(out_dir) / "download"
+    stage_dir = Path(out_dir).resolve() / "download"  # absolute: workers may run elsewhere
     parts = split_input(cfg, stage_dir)
     start = time.time()
     failure: PartsFailed | None = None
