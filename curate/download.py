@@ -13,7 +13,7 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from curate.io import Part, atomic_write_json, fingerprint, read_column, read_json
+from curate.io import Part, fingerprint
 from curate.schema import CAPTION, ERROR, STATUS, UID, URL, Status
 from curate.stage import MapStage, Resources
 
@@ -161,20 +161,3 @@ class DownloadStage(MapStage):
             out = out.append_column(k, pa.array(extra[k], t))
         return out
 
-
-def write_stats(stage_dir: Path, parts: list[Part], failed: list[str], wall_s: float) -> dict:
-    """Counts are a query over the part files, so every runner reports the same numbers."""
-    stage_dir = Path(stage_dir)
-    input_rows = read_json(stage_dir / "_input" / "manifest.json")["rows"]
-    done = [p.output_path for p in parts if p.output_path.exists() and p.name not in failed]
-    statuses = read_column(done, STATUS).to_pylist() if done else []
-    by_status: dict[str, int] = {}
-    for s in statuses:
-        by_status[s] = by_status.get(s, 0) + 1
-    pending = input_rows - len(statuses)
-    if pending:
-        by_status["pending"] = pending
-    stats = {"input_rows": input_rows, "by_status": dict(sorted(by_status.items())), "parts": len(parts),
-             "failed_parts": failed, "wall_s": round(wall_s, 2)}
-    atomic_write_json(stage_dir / "stats.json", stats)
-    return stats

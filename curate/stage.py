@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.io import Part, atomic_write_parquet, read_done, uids_fingerprint, write_done
-from curate.schema import UID
+from curate.io import Part, atomic_write_json, atomic_write_parquet, read_column, read_done, uids_fingerprint, write_done
+from curate.schema import STATUS, UID
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +110,20 @@ def is_done(stage: MapStage, part: Part, input_uids: str) -> bool:
     """True when the part has a done marker made from the same input and config."""
     marker = read_done(part)
     return bool(marker) and marker["input_uids"] == input_uids and marker["config"] == stage.config_fingerprint()
+
+
+def write_stage_stats(stage_dir: Path, parts: list[Part], failed: list[str], wall_s: float, **extra) -> dict:
+    """`stage_dir/stats.json`, counted from the part files, so every runner reports the same numbers.
+    Rows of parts that failed for good count as `pending`, so the statuses always add up to input_rows."""
+    input_rows = sum(pq.ParquetFile(p.input_path).metadata.num_rows for p in parts)
+    done = [p.output_path for p in parts if p.output_path.exists() and p.name not in failed]
+    by_status: dict[str, int] = {}
+    for status in (read_column(done, STATUS).to_pylist() if done else []):
+        by_status[status] = by_status.get(status, 0) + 1
+    pending = input_rows - sum(by_status.values())
+    if pending:
+        by_status["pending"] = pending
+    stats = {"input_rows": input_rows, "by_status": dict(sorted(by_status.items())), "parts": len(parts),
+             "failed_parts": failed, "wall_s": round(wall_s, 2), **extra}
+    atomic_write_json(Path(stage_dir) / "stats.json", stats)
+    return stats

@@ -294,3 +294,19 @@ def serve_settings(synth_dir: Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `curate synth` into {synth_dir} first")
     return read_json(path)
+
+
+def write_seed_pairs(n: int, seed: int, out_dir: Path, min_side_px: int = 96, max_side_px: int = 160) -> Path:
+    """A trusted, noise-free pairs directory of drawn scenes (for training a filter network), disjoint
+    from a pool drawn with another seed."""
+    out_dir = Path(out_dir)
+    source = SceneSource(SynthConfig(n=max(n, 10), seed=seed, min_side_px=min_side_px, max_side_px=max_side_px))
+    (out_dir / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        item = source.item(i)
+        path = f"img/{i:06d}.jpg"
+        (out_dir / path).write_bytes(encode(item.image))
+        rows.append({"key": str(i), "path": path, "caption": item.caption})
+    atomic_write_parquet(out_dir / "pairs.parquet", pa.Table.from_pylist(rows))
+    return out_dir

@@ -112,7 +112,7 @@ def _cmd_run(args) -> int:
     cfg = load_config(args.config, overrides)
     stats = run_pipeline(cfg, args.out)
     for stage, s in stats.items():
-        if stage != "synth":
+        if stage != "synth" and "by_status" in s:
             print_funnel(stage, s)
     print(f"\nrun directory: {args.out}")
     return 0

@@ -12,9 +12,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from curate.download import DownloadConfig
+from curate.score import ScoreConfig
 from curate.synth import SynthConfig
 
-STAGES = ("synth", "download")
+STAGES = ("synth", "download", "filter", "score")
 PROVENANCE_PACKAGES = ("torch", "open_clip_torch", "img2dataset", "webdataset", "ray", "pyarrow", "pydantic")
 
 
@@ -30,6 +31,20 @@ class RunnerConfig(BaseModel):
     part_retries: int = Field(2, ge=0, le=20)
 
 
+class FilterConfig(BaseModel):
+    """The filter network: a CLIP trained on a trusted seed set, which then scores the pool."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed_pairs: Path | None = Field(None, description="trusted pairs directory; none = draw clean scenes")
+    seed_n: int = Field(2000, ge=10, description="drawn seed pairs (when seed_pairs is none)")
+    seed: int = Field(1000, description="seed of the drawn set; differs from synth.seed, so it is disjoint")
+    model: str = "tiny-vit-32"
+    samples_seen: int = Field(20480, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(5e-4, gt=0)
+    workers: int = Field(1, ge=0)
+
+
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "run"
@@ -38,6 +53,8 @@ class PipelineConfig(BaseModel):
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     download: DownloadConfig = Field(default_factory=DownloadConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
 
     @field_validator("stages")
     @classmethod

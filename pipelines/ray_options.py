@@ -20,3 +20,12 @@ def task_options(resources: Resources, retries: int) -> dict:
     """Options for one-task-per-part stages: retried on worker death and on exceptions."""
     return {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
             "max_retries": retries, "retry_exceptions": True}
+
+
+def actor_pool_kwargs(resources: Resources) -> dict:
+    """`Dataset.map_batches` arguments for model stages: one part per batch, a pool of actors that
+    each load the model once."""
+    from ray.data import ActorPoolStrategy
+
+    return {"batch_size": 1, "batch_format": "pyarrow", "num_cpus": resources.num_cpus,
+            "num_gpus": resources.num_gpus, "compute": ActorPoolStrategy(size=resources.actors)}

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from curate.io import Part
 from curate.stage import MapStage, run_part
-from pipelines.ray_options import init_kwargs, task_options
-from pipelines.runners import PartsFailed, part_rows, pending_parts, progress
+from pipelines.ray_options import actor_pool_kwargs, init_kwargs, task_options
+from pipelines.runners import PartsFailed, part_rows, pending_parts, progress, run_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ class RayRunner:
         todo = pending_parts(stage, parts)
         if not todo:
             return
+        if stage.resources.actors > 0:
+            self._map_with_actors(stage, todo)
+            return
         ray = self._ensure_ray()
         task = ray.remote(run_part).options(**task_options(stage.resources, self.part_retries))
         refs = {task.remote(stage, part): part for part in todo}
@@ -48,9 +52,44 @@ class RayRunner:
         if failed:
             raise PartsFailed(stage.name, failed)
 
+    def _map_with_actors(self, stage: MapStage, todo: list[Part]) -> None:
+        """Model stages: Ray Data `map_batches` over the parts with an actor pool (model loaded once per
+        actor); each actor runs whole parts, so outputs and done markers match the task path."""
+        ray = self._ensure_ray()
+        by_name = {p.name: p for p in todo}
+        items = [{"index": p.index, "input": str(p.input_path), "stage_dir": str(p.stage_dir)} for p in todo]
+        results = ray.data.from_items(items).map_batches(
+            PartActor, fn_constructor_args=(stage, self.part_retries), **actor_pool_kwargs(stage.resources))
+        failed: dict[str, str] = {}
+        with progress(stage, todo, " (ray actors)") as bar:
+            for row in results.iter_rows():
+                if row["error"]:
+                    log.error("%s %s failed for good:\n%s", stage.name, row["part"], row["error"])
+                    failed[row["part"]] = row["error"]
+                bar.update(part_rows(by_name[row["part"]]))
+        if failed:
+            raise PartsFailed(stage.name, failed)
+
     def close(self) -> None:
         if self._started_here:
             import ray
 
             ray.shutdown()
             self._started_here = False
+
+
+class PartActor:
+    """A Ray Data actor: sets the stage up once, then runs whole parts (one per batch)."""
+
+    def __init__(self, stage: MapStage, retries: int):
+        self.stage, self.retries = stage, retries
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        names, errors = [], []
+        for index, input_path, stage_dir in zip(*(batch.column(c).to_pylist() for c in ("index", "input", "stage_dir"))):
+            part = Part(index, Path(input_path), Path(stage_dir))
+            names.append(part.name)
+            errors.append(run_with_retries(self.stage, part, self.retries))
+        return pa.table({"part": names, "error": pa.array(errors, pa.string())})

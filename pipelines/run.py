@@ -7,11 +7,16 @@ import time
 from pathlib import Path
 
 from curate.io import read_json
-from curate.download import DownloadConfig, DownloadStage, write_stats
+from curate.download import DownloadConfig, DownloadStage
+from curate.score import ScoreConfig, ScoreStage
+from curate.stage import MapStage, write_stage_stats
 from curate.pool_input import split_input
 from curate.serve import PoolServer
-from curate.synth import SynthConfig, is_synthesized, serve_settings, synthesize
-from pipelines.config import PipelineConfig, RunnerConfig, write_resolved
+import pyarrow.compute as pc
+
+from curate.io import Part, read_column
+from curate.synth import SynthConfig, is_synthesized, serve_settings, synthesize, write_seed_pairs
+from pipelines.config import FilterConfig, PipelineConfig, RunnerConfig, write_resolved
 from pipelines.runners import LocalRunner, PartsFailed
 
 log = logging.getLogger(__name__)
@@ -41,23 +46,63 @@ def run_synth(cfg: SynthConfig, synth_dir: Path) -> dict:
     return read_json(Path(synth_dir) / "stats.json")
 
 
-def run_download(cfg: DownloadConfig, out_dir: Path, runner, serve_dir: Path | None = None) -> dict:
-    """Split the input into parts, download the parts not yet done, and write stats.json.
-
-    Raises PartsFailed (after writing stats) when some parts failed for good."""
-    stage_dir = Path(out_dir).resolve() / "download"  # absolute: workers may run elsewhere
-    parts = split_input(cfg, stage_dir)
+def map_stage(stage: MapStage, parts: list[Part], runner, stage_dir: Path, **extra) -> dict:
+    """Run the parts not yet done, then write stats.json; raises PartsFailed (after the stats) when
+    some parts failed for good."""
     start = time.time()
     failure: PartsFailed | None = None
-    with serving(serve_dir):
-        try:
-            runner.map_parts(DownloadStage(cfg), parts)
-        except PartsFailed as err:
-            failure = err
-    stats = write_stats(stage_dir, parts, sorted(failure.failed) if failure else [], time.time() - start)
+    try:
+        runner.map_parts(stage, parts)
+    except PartsFailed as err:
+        failure = err
+    failed = sorted(failure.failed) if failure else []
+    stats = write_stage_stats(stage_dir, parts, failed, time.time() - start, **{k: f() for k, f in extra.items()})
     if failure:
         raise failure
     return stats
+
+
+def run_download(cfg: DownloadConfig, out_dir: Path, runner, serve_dir: Path | None = None) -> dict:
+    """Split the input into parts once, then download the parts not yet done."""
+    stage_dir = Path(out_dir).resolve() / "download"  # absolute: workers may run elsewhere
+    parts = split_input(cfg, stage_dir)
+    with serving(serve_dir):
+        return map_stage(DownloadStage(cfg), parts, runner, stage_dir)
+
+
+def run_filter(cfg: FilterConfig, out_dir: Path) -> dict:
+    """Train the filter network on a trusted seed set into OUT/filter (resumes like `curate train`)."""
+    from train.config import TrainConfig
+    from train.train import train
+
+    filter_dir = Path(out_dir).resolve() / "filter"
+    pairs = cfg.seed_pairs
+    if pairs is None:
+        pairs = filter_dir / "seed"
+        if not (pairs / "pairs.parquet").exists():
+            write_seed_pairs(cfg.seed_n, cfg.seed, pairs)
+    train_cfg = TrainConfig.model_validate({
+        "model": cfg.model, "samples_seen": cfg.samples_seen, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "seed": cfg.seed, "data": {"pairs": str(pairs), "workers": cfg.workers}})
+    return train(train_cfg, filter_dir)
+
+
+def run_score(cfg: ScoreConfig, out_dir: Path, runner) -> dict:
+    """Score every download part (same part boundaries); rows not downloaded pass through unscored."""
+    out_dir = Path(out_dir).resolve()
+    download_dir, stage_dir = out_dir / "download", out_dir / "score"
+    inputs = sorted(download_dir.glob("part-*.parquet"))
+    if not inputs:
+        raise FileNotFoundError(f"{download_dir} holds no parts: run the download stage first")
+    parts = [Part(int(p.stem.split("-")[1]), p, stage_dir) for p in inputs]
+    stage = ScoreStage(cfg, download_dir, out_dir)
+    first = f"score_{cfg.scorers[0].name}"
+
+    def scored_rows() -> int:
+        done = [p.output_path for p in parts if p.output_path.exists()]
+        return int(pc.sum(read_column(done, first).is_valid()).as_py() or 0) if done else 0
+
+    return map_stage(stage, parts, runner, stage_dir, scored_rows=scored_rows)
 
 
 def run_pipeline(cfg: PipelineConfig, out_dir: Path) -> dict[str, dict]:
@@ -78,6 +123,10 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path) -> dict[str, dict]:
                 stats[stage] = run_synth(cfg.synth, synth_dir)
             elif stage == "download":
                 stats[stage] = run_download(download_cfg, out_dir, runner, serve_dir)
+            elif stage == "filter":
+                stats[stage] = run_filter(cfg.filter, out_dir)
+            elif stage == "score":
+                stats[stage] = run_score(cfg.score, out_dir, runner)
     finally:
         runner.close()
     return stats

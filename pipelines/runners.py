@@ -44,6 +44,19 @@ def part_rows(part: Part) -> int:
     return pq.ParquetFile(part.input_path).metadata.num_rows
 
 
+def run_with_retries(stage: MapStage, part: Part, retries: int) -> str | None:
+    """None on success, else the last traceback; a failed part must not stop the others."""
+    error = None
+    for attempt in range(1, retries + 2):
+        try:
+            run_part(stage, part)
+            return None
+        except Exception:
+            error = traceback.format_exc()
+            log.error("%s %s failed (attempt %d):\n%s", stage.name, part.name, attempt, error)
+    return error
+
+
 class LocalRunner:
     """In-process, one part after another: for debugging and fast tests."""
 
@@ -57,24 +70,12 @@ class LocalRunner:
         todo = pending_parts(stage, parts)
         with progress(stage, todo) as bar:
             for part in todo:
-                error = self._run_with_retries(stage, part)
+                error = run_with_retries(stage, part, self.part_retries)
                 if error:
                     failed[part.name] = error
                 bar.update(part_rows(part))
         if failed:
             raise PartsFailed(stage.name, failed)
-
-    def _run_with_retries(self, stage: MapStage, part: Part) -> str | None:
-        """None on success, else the last traceback; a failed part must not stop the others."""
-        error = None
-        for attempt in range(1, self.part_retries + 2):
-            try:
-                run_part(stage, part)
-                return None
-            except Exception:
-                error = traceback.format_exc()
-                log.error("%s %s failed (attempt %d):\n%s", stage.name, part.name, attempt, error)
-        return error
 
     def close(self) -> None:
         pass

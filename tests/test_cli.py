@@ -33,6 +33,7 @@ def test_missing_input_column_is_a_clear_error(tmp_path, capsys):
 def test_run_synth_and_download_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["run", "configs/demo.yaml", "--out", str(out), "--runner", "local", "--set", "synth.n=120",
+                 "--stages", "synth,download",
                  "--set", "synth.hang_s=3", "--set", "download.timeout_s=2", "--set", "download.rows_per_part=50"])
     assert code == 0
     printed = capsys.readouterr().out

@@ -54,7 +54,7 @@ def test_resolved_config_loads_again_and_records_provenance(tmp_path):
 
 def test_demo_config_is_valid():
     cfg = load_config("configs/demo.yaml")
-    assert cfg.stages == ["synth", "download"] and cfg.runner.kind == "ray"
+    assert cfg.stages == ["synth", "download", "filter", "score"] and cfg.runner.kind == "ray"
 
 
 def test_shipped_train_config_is_valid():

@@ -1,0 +1,35 @@
+"""Cheap quality signals, kept as columns (never drops): caption shape, boilerplate, image geometry, hashes."""
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pyarrow as pa
+
+BOILERPLATE = re.compile(
+    r"^\s*(?:(?:img|dsc|dscn|pxl|image|photo|picture)[_\- ]?\d+(?:\.\w{3,4})?|\S+\.(?:jpe?g|png|gif|webp|bmp)|"
+    r"click here|untitled|image|photo|picture|thumbnail|stock photo|placeholder|no description available|"
+    r"view larger image|product image(?: \d+)?|null|none|n/a|-)\s*$",
+    re.IGNORECASE,
+)
+
+COLUMNS = {"caption_words": pa.int32(), "caption_chars": pa.int32(), "caption_boilerplate": pa.bool_(),
+           "caption_hash": pa.string(), "image_min_side": pa.int32(), "image_aspect": pa.float32(),
+           "image_bytes_per_pixel": pa.float32()}
+
+
+def normalise_caption(caption: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", caption.lower()).split())
+
+
+def caption_signals(caption: str) -> dict:
+    return {"caption_words": len(caption.split()), "caption_chars": len(caption),
+            "caption_boilerplate": bool(BOILERPLATE.match(caption)),
+            "caption_hash": hashlib.sha256(normalise_caption(caption).encode()).hexdigest()[:32]}
+
+
+def image_signals(width: int | None, height: int | None, n_bytes: int | None) -> dict:
+    if not width or not height:
+        return {"image_min_side": None, "image_aspect": None, "image_bytes_per_pixel": None}
+    return {"image_min_side": min(width, height), "image_aspect": max(width, height) / min(width, height),
+            "image_bytes_per_pixel": (n_bytes / (width * height)) if n_bytes else None}
