@@ -1,0 +1,119 @@
+"""Score stage throughput against the bare model and a per-sample loop, on the same images and model.
+
+    python benchmarks/bench_score.py [--model tiny-vit-32] [--n 2048] [--batch 256] [--out benchmarks/results]
+
+- stage: `run_part` of the score stage on one download part (read the tar, decode, transform, both
+  encoders, heuristics, write Parquet and the done marker);
+- bare: the same model's image and text encoders on pre-decoded, pre-transformed tensors and
+  pre-tokenised captions, in batches (the ceiling);
+- per-sample: decode, transform and encode one pair at a time (how Data-Juicer's CLIP filter runs).
+`ratio` = stage / bare images per second.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmarks.common import emit  # noqa: E402
+
+
+def make_download_part(root: Path, n: int) -> Path:
+    """A download part of n drawn JPEG scenes, laid out as the download stage leaves it."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curate.scenes import describe, encode, random_scene, render
+
+    rng = np.random.default_rng(0)
+    (root / "download" / "shards").mkdir(parents=True)
+    rows = []
+    with tarfile.open(root / "download" / "shards" / "00000.tar", "w") as tar:
+        for i in range(n):
+            scene = random_scene(rng)
+            w, h = (int(x) for x in rng.integers(96, 161, size=2))
+            data = encode(render(scene, rng, w, h))
+            key = f"{i:09d}"
+            info = tarfile.TarInfo(f"{key}.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            rows.append({"uid": f"{i:032x}", "caption": describe(scene), "status": "ok", "error": None,
+                         "shard": "shards/00000.tar", "key": key, "width": w, "height": h})
+    path = root / "download" / "part-00000.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny-vit-32")
+    parser.add_argument("--n", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--per-sample-n", type=int, default=256, help="pairs timed in the per-sample loop")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    import open_clip
+    import pyarrow.parquet as pq
+    import torch
+    from PIL import Image
+
+    from curate.io import Part
+    from curate.score import ScoreConfig, ScorerConfig, ScoreStage
+    from curate.stage import run_part
+    from train import checkpoint
+    from train.models import create, image_size, tokenizer
+
+    work = Path(tempfile.mkdtemp(prefix="bench-score-"))
+    part_path = make_download_part(work, args.n)
+    torch.manual_seed(0)
+    model = create(args.model).eval()
+    checkpoint.save(work / "model.pt", model, None, 0, args.model, {})
+    stage = ScoreStage(ScoreConfig(scorers=[ScorerConfig(name="m", checkpoint=work / "model.pt")],
+                                   batch_size=args.batch, device="cpu"), work / "download", work)
+    stage.setup()
+
+    start = time.perf_counter()
+    run_part(stage, Part(0, part_path, work / "score"))
+    stage_s = time.perf_counter() - start
+
+    rows = pq.read_table(part_path).to_pylist()
+    transform = open_clip.image_transform(image_size(model), is_train=False)
+    tokenize = tokenizer(args.model)
+    with tarfile.open(work / "download" / "shards" / "00000.tar") as tar:
+        raw = {m.name.split(".")[0]: tar.extractfile(m).read() for m in tar.getmembers()}
+    pixels = torch.stack([transform(Image.open(io.BytesIO(raw[r["key"]])).convert("RGB")) for r in rows])
+    tokens = tokenize([r["caption"] for r in rows])
+    with torch.no_grad():
+        start = time.perf_counter()
+        for i in range(0, len(rows), args.batch):
+            model.encode_image(pixels[i:i + args.batch], normalize=True)
+            model.encode_text(tokens[i:i + args.batch], normalize=True)
+        bare_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        for r in rows[:args.per_sample_n]:
+            image = transform(Image.open(io.BytesIO(raw[r["key"]])).convert("RGB"))[None]
+            (model.encode_image(image, normalize=True) * model.encode_text(tokenize([r["caption"]]), normalize=True)).sum()
+        loop_s = time.perf_counter() - start
+
+    n = len(rows)
+    emit({"model": args.model, "image_px": image_size(model), "n": n, "batch": args.batch, "device": "cpu",
+          "threads": torch.get_num_threads(), "stage_images_per_s": round(n / stage_s, 1),
+          "bare_forward_images_per_s": round(n / bare_s, 1),
+          "per_sample_images_per_s": round(args.per_sample_n / loop_s, 1),
+          "ratio": round(bare_s / stage_s, 3), "stage_over_per_sample": round((n / stage_s) / (args.per_sample_n / loop_s), 2)},
+         args.out, f"score_{args.model}")
+
+
+if __name__ == "__main__":
+    main()
