@@ -68,7 +68,7 @@ def main() -> None:
     from PIL import Image
 
     from curate.io import Part
-    from curate.score import ScoreConfig, ScorerConfig, ScoreStage
+    from curate.score import ScoreConfig, ScorerConfig, ScoreStage, decode_rgb
     from curate.stage import run_part
     from train import checkpoint
     from train.models import create, image_size, tokenizer
@@ -91,7 +91,7 @@ def main() -> None:
     tokenize = tokenizer(args.model)
     with tarfile.open(work / "download" / "shards" / "00000.tar") as tar:
         raw = {m.name.split(".")[0]: tar.extractfile(m).read() for m in tar.getmembers()}
-    pixels = torch.stack([transform(Image.open(io.BytesIO(raw[r["key"]])).convert("RGB")) for r in rows])
+    pixels = torch.stack([transform(decode_rgb(raw[r["key"]], image_size(model))) for r in rows])
     tokens = tokenize([r["caption"] for r in rows])
     with torch.no_grad():
         start = time.perf_counter()
@@ -102,7 +102,7 @@ def main() -> None:
 
         start = time.perf_counter()
         for r in rows[:args.per_sample_n]:
-            image = transform(Image.open(io.BytesIO(raw[r["key"]])).convert("RGB"))[None]
+            image = transform(Image.open(io.BytesIO(raw[r["key"]])).convert("RGB"))[None]  # as Data-Juicer does
             (model.encode_image(image, normalize=True) * model.encode_text(tokenize([r["caption"]]), normalize=True)).sum()
         loop_s = time.perf_counter() - start
 

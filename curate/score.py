@@ -44,6 +44,7 @@ class ScoreConfig(BaseModel):
     batch_size: int = Field(256, ge=1, le=65536)
     actors: int = Field(1, ge=1, le=1024, description="model replicas (Ray actors)")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per actor; none = 1 when CUDA is visible here")
 
     @model_validator(mode="after")
     def _unique(self) -> "ScoreConfig":
@@ -51,6 +52,14 @@ class ScoreConfig(BaseModel):
         if not names or len(set(names)) != len(names):
             raise ValueError(f"score.scorers needs at least one scorer and unique names, got {names}")
         return self
+
+
+def decode_rgb(data: bytes, min_side: int) -> Image.Image:
+    """Decode to RGB; a JPEG decodes at a reduced scale (libjpeg's draft mode) that keeps both sides at
+    least `min_side`, which the model's resize would throw away anyway."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft("RGB", (min_side, min_side))
+        return im.convert("RGB")
 
 
 def _read_images(table: pa.Table, download_dir: Path) -> dict[str, bytes]:
@@ -77,7 +86,17 @@ class ScoreStage(MapStage):
         self.cfg, self.download_dir, self.run_dir = cfg, Path(download_dir), Path(run_dir)
         self.provides = (STATUS, *(f"score_{s.name}" for s in cfg.scorers), IMAGE_EMBEDDING, TEXT_EMBEDDING,
                          *HEURISTIC_COLUMNS)
-        self.resources = Resources(num_cpus=1, num_gpus=0, batch_size=cfg.batch_size, actors=cfg.actors)
+        self.resources = Resources(num_cpus=1, num_gpus=self._gpus_per_actor(), batch_size=cfg.batch_size,
+                                   actors=cfg.actors)
+
+    def _gpus_per_actor(self) -> float:
+        if self.cfg.num_gpus is not None:
+            return self.cfg.num_gpus
+        if self.cfg.device == "cpu":
+            return 0.0
+        import torch
+
+        return 1.0 if torch.cuda.is_available() else 0.0
 
     def _checkpoint_path(self, scorer: ScorerConfig) -> Path:
         return scorer.checkpoint if scorer.checkpoint.is_absolute() else self.run_dir / scorer.checkpoint
@@ -86,7 +105,7 @@ class ScoreStage(MapStage):
         """Scorer config plus the identity of each checkpoint file: a retrained filter rescores."""
         files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in
                  (self._checkpoint_path(s) for s in self.cfg.scorers if s.checkpoint) if p.exists()]
-        return fingerprint(self.cfg.model_dump(mode="json", exclude={"actors", "device", "batch_size"}), files)
+        return fingerprint(self.cfg.model_dump(mode="json", exclude={"actors", "device", "batch_size", "num_gpus"}), files)
 
     def setup(self) -> None:
         import open_clip
@@ -105,6 +124,7 @@ class ScoreStage(MapStage):
                 model, name = create(s.model, s.pretrained, self._device).eval(), s.model
             transform = open_clip.image_transform(image_size(model), is_train=False)
             self._scorers.append((s.name, model, transform, tokenizer(name)))
+        self._decode_px = max(image_size(m) for _, m, _, _ in self._scorers)
 
     def _encode(self, model, transform, tokenize, images: list[Image.Image], captions: list[str]):
         import torch
@@ -128,8 +148,7 @@ class ScoreStage(MapStage):
             if statuses[i] != Status.OK:
                 continue
             try:
-                with Image.open(io.BytesIO(raw[uid])) as im:
-                    decoded[i] = im.convert("RGB")
+                decoded[i] = decode_rgb(raw[uid], self._decode_px)
             except (KeyError, OSError, ValueError, Image.DecompressionBombError) as err:
                 statuses[i], errors[i] = Status.DECODE_ERROR, f"score: {type(err).__name__}: {err}"[:500]
         rows = sorted(decoded)

@@ -12,7 +12,7 @@ from PIL import Image
 from curate.download import KEY_DIGITS
 from curate.io import Part
 from curate.quality import roc_auc
-from curate.score import ScoreConfig, ScoreStage, ScorerConfig
+from curate.score import ScoreConfig, ScoreStage, ScorerConfig, decode_rgb
 from curate.schema import Status
 from pipelines.run import run_download, run_score
 from pipelines.runners import LocalRunner
@@ -99,7 +99,7 @@ def test_a_local_checkpoint_scores_like_the_in_memory_model(small_pool, tmp_path
     model, tok = saved_model[1], tokenizer("tiny-vit-32")
     transform = open_clip.image_transform(32, is_train=False)
     with tarfile.open(tmp_path / "download" / rows[0]["shard"]) as tar:
-        pixels = torch.stack([transform(Image.open(tar.extractfile(f"{r['key']}.jpg")).convert("RGB")) for r in rows])
+        pixels = torch.stack([transform(decode_rgb(tar.extractfile(f"{r['key']}.jpg").read(), 32)) for r in rows])
     with torch.no_grad():
         expected = (model.encode_image(pixels, normalize=True) * model.encode_text(tok([r["caption"] for r in rows]),
                                                                                     normalize=True)).sum(1)
