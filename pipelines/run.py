@@ -6,15 +6,14 @@ import logging
 import time
 from pathlib import Path
 
-from curate.io import read_json
-from curate.download import DownloadConfig, DownloadStage
-from curate.score import ScoreConfig, ScoreStage
-from curate.stage import MapStage, write_stage_stats
-from curate.pool_input import split_input
-from curate.serve import PoolServer
 import pyarrow.compute as pc
 
-from curate.io import Part, read_column
+from curate.download import DownloadConfig, DownloadStage
+from curate.io import Part, read_column, read_json
+from curate.pool_input import split_input
+from curate.score import ScoreConfig, ScoreStage
+from curate.serve import PoolServer
+from curate.stage import MapStage, write_stage_stats
 from curate.synth import SynthConfig, is_synthesized, serve_settings, synthesize, write_seed_pairs
 from pipelines.config import FilterConfig, PipelineConfig, RunnerConfig, write_resolved
 from pipelines.runners import LocalRunner, PartsFailed
