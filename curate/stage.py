@@ -50,6 +50,11 @@ class MapStage:
     def setup(self) -> None:
         """Load models or build clients; called once per worker before the first part."""
 
+    def ensure_setup(self) -> None:
+        if not getattr(self, "_is_set_up", False):
+            self.setup()
+            self._is_set_up = True
+
     def process(self, batch: pa.Table) -> pa.Table:
         raise NotImplementedError
 
@@ -83,9 +88,7 @@ def check_output(stage: MapStage, table: pa.Table, out: pa.Table) -> None:
 
 def run_part(stage: MapStage, part: Part) -> dict:
     """Run one part to completion: process, check, write atomically, then mark done."""
-    if not getattr(stage, "_is_set_up", False):
-        stage.setup()
-        stage._is_set_up = True
+    stage.ensure_setup()
     start = time.time()
     table = pq.read_table(part.input_path)
     missing = [c for c in stage.requires if c not in table.column_names]

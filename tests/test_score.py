@@ -72,7 +72,7 @@ def test_odd_images_score_and_undecodable_ones_get_a_status(tmp_path, saved_mode
     })
     pq.write_table(table, tmp_path / "in.parquet")
     stage = ScoreStage(ScoreConfig(scorers=[ScorerConfig(name="t", checkpoint=saved_model[0])]), download, tmp_path)
-    stage.setup()
+    stage.ensure_setup()
     out = stage.process_part(table, Part(0, tmp_path / "in.parquet", tmp_path / "score")).to_pylist()
     status = {k: r["status"] for k, r in zip(list(images) + ["not_downloaded", "missing_member"], out)}
     assert status == {"cmyk": "ok", "gray16": "ok", "palette": "ok", "rgba": "ok", "animated": "ok",
