@@ -11,11 +11,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from curate.dedup import DedupConfig
 from curate.download import DownloadConfig
 from curate.score import ScoreConfig
 from curate.synth import SynthConfig
 
-STAGES = ("synth", "download", "filter", "score")
+STAGES = ("synth", "download", "filter", "score", "dedup")
 PROVENANCE_PACKAGES = ("torch", "open_clip_torch", "img2dataset", "webdataset", "ray", "pyarrow", "pydantic")
 
 
@@ -48,13 +49,14 @@ class FilterConfig(BaseModel):
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "run"
-    stages: list[str] = Field(default_factory=lambda: list(STAGES))
+    stages: list[str] = Field(default_factory=lambda: ["synth", "download", "filter", "score"])
     serve_synth: bool = Field(True, description="serve the run's synth files on loopback while downloading")
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
 
     @field_validator("stages")
     @classmethod

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
+from curate.dedup import run_dedup
 from curate.download import DownloadConfig, DownloadStage
 from curate.io import Part, read_column, read_json
 from curate.pool_input import split_input
@@ -126,6 +127,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path) -> dict[str, dict]:
                 stats[stage] = run_filter(cfg.filter, out_dir)
             elif stage == "score":
                 stats[stage] = run_score(cfg.score, out_dir, runner)
+            elif stage == "dedup":
+                stats[stage] = run_dedup(cfg.dedup, out_dir)
     finally:
         runner.close()
     return stats

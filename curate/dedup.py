@@ -1,0 +1,181 @@
+"""The dedup stage: exact (image bytes, image+caption), near-duplicate captions (MinHash-LSH) and
+near-duplicate images (SemDeDup). Marks, never deletes: `dedup/dup.parquet` has a row per input uid."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from curate.io import atomic_write_json, atomic_write_parquet, fingerprint, list_parts, read_json
+from curate.minhash import near_duplicate_captions
+from curate.schema import STATUS, UID, Status
+from curate.semdedup import near_duplicate_images
+
+log = logging.getLogger(__name__)
+
+REASONS = ("exact_pair", "exact_image", "near_caption", "near_image")  # first = strongest
+
+
+class DedupConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    exact: bool = True
+    captions: bool = True
+    caption_threshold: float = Field(0.8, gt=0, le=1, description="Jaccard of caption shingle sets")
+    num_perm: int = Field(128, ge=16, le=1024)
+    shingle: Literal["word", "char"] = "word"
+    shingle_n: int = Field(2, ge=1, le=10, description="word bigrams by default: one changed word in a short caption is not a duplicate")
+    images: bool = True
+    image_eps: float = Field(0.05, ge=0, lt=1, description="pairs with cosine >= 1 - eps are near duplicates")
+    cluster_size: int = Field(1000, ge=2, description="k-means clusters = rows / cluster_size")
+    keep: Literal["score", "farthest_from_centroid"] = Field("score", description="which member of a group stays")
+    keep_score: str | None = Field(None, description="score column for keep=score; default the first score_*")
+
+
+class _Groups:
+    """Union-find over row indices, remembering each row's strongest incident link."""
+
+    def __init__(self, n: int):
+        self.parent = np.arange(n)
+        self.reason = np.full(n, len(REASONS), dtype=np.int8)
+        self.similarity = np.full(n, np.nan, dtype=np.float32)
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:
+            self.parent[i], i = root, self.parent[i]
+        return root
+
+    def link(self, i: int, j: int, reason: int, similarity: float) -> None:
+        for k in (i, j):
+            if reason < self.reason[k]:
+                self.reason[k], self.similarity[k] = reason, similarity
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+
+def _exact_links(keys: list, groups: _Groups, reason: int) -> int:
+    first: dict = {}
+    n = 0
+    for i, key in enumerate(keys):
+        if key is None:
+            continue
+        if key in first:
+            groups.link(first[key], i, reason, 1.0)
+            n += 1
+        else:
+            first[key] = i
+    return n
+
+
+def read_scored(score_dir: Path, keep_score: str | None) -> tuple[pa.Table, str | None]:
+    parts = list_parts(score_dir)
+    if not parts:
+        raise FileNotFoundError(f"{score_dir} holds no parts: run the score stage first")
+    names = pq.read_schema(parts[0]).names
+    scores = [c for c in names if c.startswith("score_")]
+    keep_col = keep_score or (scores[0] if scores else None)
+    if keep_col is not None and keep_col not in names:
+        raise ValueError(f"dedup.keep_score {keep_col!r} is not a column of the score output ({scores})")
+    columns = [UID, STATUS, "caption", "sha256", "caption_hash", "image_embedding"] + ([keep_col] if keep_col else [])
+    return pa.concat_tables([pq.read_table(p, columns=columns) for p in parts]), keep_col
+
+
+def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None) -> pa.Table:
+    """dup.parquet's table for `table` (all rows; only `ok` rows take part)."""
+    n = table.num_rows
+    ok = np.array([s == Status.OK for s in table.column(STATUS).to_pylist()])
+    rows = np.flatnonzero(ok)
+    groups = _Groups(len(rows))
+    sha = [table.column("sha256")[int(i)].as_py() for i in rows]
+    caption_hash = [table.column("caption_hash")[int(i)].as_py() for i in rows]
+    if cfg.exact:
+        _exact_links([(s, c) if s else None for s, c in zip(sha, caption_hash)], groups, 0)
+        _exact_links(sha, groups, 1)
+    if cfg.captions:
+        captions = [table.column("caption")[int(i)].as_py() for i in rows]
+        for i, j, sim in near_duplicate_captions(captions, cfg.caption_threshold, cfg.num_perm, cfg.shingle,
+                                                 cfg.shingle_n):
+            groups.link(i, j, 2, sim)
+    centroid_sim = np.full(len(rows), np.nan, dtype=np.float32)
+    if cfg.images and len(rows):
+        emb = table.column("image_embedding").take(pa.array(rows)).combine_chunks()
+        dim = emb.type.list_size
+        vectors = np.asarray(emb.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+        vectors[np.asarray(emb.is_null())] = np.nan
+        pairs, centroid_sim = near_duplicate_images(vectors, cfg.image_eps, cfg.cluster_size)
+        for i, j, sim in pairs:
+            groups.link(i, j, 3, sim)
+
+    preference = _preference(table, rows, cfg, keep_col, centroid_sim)
+    roots = np.array([groups.find(k) for k in range(len(rows))])
+    keeper: dict[int, int] = {}
+    for k in np.lexsort((np.array([table.column(UID)[int(i)].as_py() for i in rows]), -preference)):
+        keeper.setdefault(int(roots[k]), int(k))
+    size = np.bincount(roots, minlength=len(rows))
+
+    group = [None] * n
+    keep = [None] * n
+    reason = [None] * n
+    dup_of = [None] * n
+    similarity = [None] * n
+    uids = table.column(UID).to_pylist()
+    for k, i in enumerate(rows):
+        root = int(roots[k])
+        kept = keeper[root]
+        keep[i] = kept == k
+        if size[root] > 1:
+            group[i] = int(rows[kept])
+        if kept != k:
+            reason[i] = REASONS[groups.reason[k]]
+            dup_of[i] = uids[rows[kept]]
+            similarity[i] = float(groups.similarity[k])
+    return pa.table({UID: uids, "dup_group": pa.array(group, pa.int64()), "dup_keep": pa.array(keep, pa.bool_()),
+                     "dup_reason": pa.array(reason, pa.string()), "dup_of": pa.array(dup_of, pa.string()),
+                     "dup_similarity": pa.array(similarity, pa.float32())})
+
+
+def _preference(table, rows, cfg: DedupConfig, keep_col, centroid_sim) -> np.ndarray:
+    """Higher is kept first."""
+    if cfg.keep == "farthest_from_centroid":
+        pref = -centroid_sim
+    elif keep_col is None:
+        pref = np.zeros(len(rows), dtype=np.float32)
+    else:
+        pref = np.array([table.column(keep_col)[int(i)].as_py() for i in rows], dtype=np.float64)
+    return np.nan_to_num(np.asarray(pref, dtype=np.float64), nan=-np.inf)
+
+
+def run_dedup(cfg: DedupConfig, run_dir: Path) -> dict:
+    """Write dedup/dup.parquet and stats.json; skipped when done from the same score output and config."""
+    run_dir = Path(run_dir)
+    score_dir, out_dir = run_dir / "score", run_dir / "dedup"
+    done_markers = sorted((score_dir / "_done").glob("*.json"))
+    identity = fingerprint(cfg.model_dump(mode="json"), [read_json(p) for p in done_markers])
+    done = out_dir / "_done.json"
+    if done.exists() and read_json(done).get("identity") == identity and (out_dir / "stats.json").exists():
+        log.info("dedup: %s is up to date", out_dir)
+        return read_json(out_dir / "stats.json")
+    start = time.time()
+    table, keep_col = read_scored(score_dir, cfg.keep_score)
+    dup = find_duplicates(table, cfg, keep_col)
+    atomic_write_parquet(out_dir / "dup.parquet", dup)
+    reasons = dup.column("dup_reason").to_pylist()
+    keeps = dup.column("dup_keep").to_pylist()
+    by_status = {"kept": sum(1 for k in keeps if k), "not_scored": sum(1 for k in keeps if k is None)}
+    for r in REASONS:
+        by_status[r] = reasons.count(r)
+    stats = {"input_rows": dup.num_rows, "by_status": by_status,
+             "groups": len({g for g in dup.column("dup_group").to_pylist() if g is not None}),
+             "keep": cfg.keep, "keep_score": keep_col, "wall_s": round(time.time() - start, 2)}
+    atomic_write_json(out_dir / "stats.json", stats)
+    atomic_write_json(done, {"identity": identity})
+    return stats

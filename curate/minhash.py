@@ -1,0 +1,95 @@
+"""Near-duplicate captions: MinHash signatures computed in numpy batches, LSH banding, and exact
+Jaccard verification of every candidate pair."""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import numpy as np
+from datasketch.lsh import _optimal_param
+
+MERSENNE = np.uint64((1 << 61) - 1)
+MAX_HASH = np.uint64((1 << 32) - 1)
+_WORD = re.compile(r"\w+")
+
+
+def shingles(caption: str, kind: str = "word", n: int = 1) -> set[str]:
+    """Word n-grams (default unigrams: captions are short) or character n-grams of the normalised text."""
+    text = caption.lower()
+    if kind == "char":
+        text = " ".join(_WORD.findall(text))
+        return {text[i:i + n] for i in range(max(0, len(text) - n + 1))}
+    words = _WORD.findall(text)
+    return {" ".join(words[i:i + n]) for i in range(max(0, len(words) - n + 1))}
+
+
+def _token_hashes(tokens: list[str]) -> np.ndarray:
+    import xxhash
+
+    return np.fromiter((xxhash.xxh32_intdigest(t.encode()) for t in tokens), dtype=np.uint64, count=len(tokens))
+
+
+def signatures(sets: list[set[str]], num_perm: int = 128, seed: int = 1, chunk: int = 200_000) -> np.ndarray:
+    """(len(sets), num_perm) uint32 MinHash signatures, all docs at once: h_p(x) = (a_p x + b_p) mod 2^61-1,
+    truncated to 32 bits (datasketch's scheme), minimised per document with reduceat. Empty sets get
+    the maximum value everywhere."""
+    rng = np.random.RandomState(seed)
+    a = rng.randint(1, int(MERSENNE), size=num_perm, dtype=np.uint64)
+    b = rng.randint(0, int(MERSENNE), size=num_perm, dtype=np.uint64)
+    lengths = np.fromiter((len(s) for s in sets), dtype=np.int64, count=len(sets))
+    out = np.full((len(sets), num_perm), MAX_HASH, dtype=np.uint64)
+    tokens = [t for s in sets for t in s]
+    hashes = _token_hashes(tokens)
+    doc_of_token = np.repeat(np.arange(len(sets)), lengths)
+    for lo in range(0, len(tokens), chunk):
+        hi = min(len(tokens), lo + chunk)
+        phv = ((hashes[lo:hi, None] * a[None, :] + b[None, :]) % MERSENNE) & MAX_HASH
+        docs = doc_of_token[lo:hi]
+        first = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
+        mins = np.minimum.reduceat(phv, first, axis=0)
+        np.minimum.at(out, docs[first], mins)
+    return out.astype(np.uint32)
+
+
+def lsh_candidates(sigs: np.ndarray, threshold: float) -> set[tuple[int, int]]:
+    """Pairs (i < j) that share at least one band, with bands and rows chosen as datasketch does."""
+    bands, rows = _optimal_param(threshold, sigs.shape[1], 0.5, 0.5)
+    pairs: set[tuple[int, int]] = set()
+    for band in range(bands):
+        keys = sigs[:, band * rows:(band + 1) * rows]
+        buckets: dict[bytes, list[int]] = defaultdict(list)
+        for i, key in enumerate(map(bytes, keys)):
+            buckets[key].append(i)
+        for members in buckets.values():
+            for x in range(len(members)):
+                for y in range(x + 1, len(members)):
+                    pairs.add((members[x], members[y]))
+    return pairs
+
+
+def near_duplicate_captions(captions: list[str], threshold: float = 0.8, num_perm: int = 128,
+                            kind: str = "word", n: int = 1) -> list[tuple[int, int, float]]:
+    """Verified pairs (i, j, jaccard >= threshold) among captions; empty captions never match.
+
+    Captions with identical shingle sets are linked to their first occurrence directly (Jaccard 1), and
+    only one of them enters LSH, so thousands of copies of one boilerplate caption cost no quadratic work."""
+    sets = [shingles(c or "", kind, n) for c in captions]
+    first_of: dict[frozenset, int] = {}
+    found: list[tuple[int, int, float]] = []
+    reps: list[int] = []
+    for i, shingle_set in enumerate(sets):
+        if not shingle_set:
+            continue
+        key = frozenset(shingle_set)
+        if key in first_of:
+            found.append((first_of[key], i, 1.0))
+        else:
+            first_of[key] = i
+            reps.append(i)
+    sigs = signatures([sets[i] for i in reps], num_perm)
+    for a, b in lsh_candidates(sigs, threshold):
+        i, j = reps[a], reps[b]
+        jaccard = len(sets[i] & sets[j]) / len(sets[i] | sets[j])
+        if jaccard >= threshold:
+            found.append((i, j, jaccard))
+    return sorted(found)

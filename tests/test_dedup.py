@@ -1,0 +1,94 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curate.dedup import DedupConfig, find_duplicates
+from curate.heuristics import caption_signals
+from curate.minhash import near_duplicate_captions, shingles, signatures
+from curate.semdedup import near_duplicate_images
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def _table(rows):
+    """rows: (status, sha256, caption, embedding or None, score)."""
+    dim = 8
+    emb = np.zeros((len(rows), dim), dtype=np.float16)
+    mask = []
+    for k, r in enumerate(rows):
+        mask.append(r[3] is None)
+        if r[3] is not None:
+            emb[k] = r[3]
+    return pa.table({
+        "uid": [f"{k:032x}" for k in range(len(rows))], "status": [r[0] for r in rows],
+        "caption": [r[2] for r in rows], "sha256": [r[1] for r in rows],
+        "caption_hash": [caption_signals(r[2])["caption_hash"] for r in rows],
+        "image_embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), dim, mask=pa.array(mask)),
+        "score_x": pa.array([r[4] for r in rows], pa.float32()),
+    })
+
+
+def test_each_reason_is_found_and_the_best_member_kept():
+    rng = np.random.default_rng(0)
+    base = [_unit(rng.normal(size=8)) for _ in range(6)]
+    rows = [
+        ("ok", "aaa", "a red circle on the left", base[0], 0.1),
+        ("ok", "aaa", "a red circle on the left", base[0], 0.9),          # exact pair of row 0, better score
+        ("ok", "bbb", "blue square", base[1], 0.5),
+        ("ok", "bbb", "something else entirely", base[1], 0.2),           # exact image of row 2
+        ("ok", "ccc", "three small green stars at the top of a beige field", base[2], 0.3),
+        ("ok", "ddd", "three small green stars at the top of a beige field today", base[3], 0.4),  # near caption
+        ("ok", "eee", "a cat", base[4], 0.6),
+        ("ok", "fff", "a dog", _unit(base[4] + 0.01), 0.1),                 # near image of row 6
+        ("ok", "ggg", "", base[5], 0.5),
+        ("http_error", None, "never downloaded", None, None),
+    ]
+    dup = find_duplicates(_table(rows), DedupConfig(cluster_size=2), "score_x").to_pylist()
+    reasons = [r["dup_reason"] for r in dup]
+    assert reasons == ["exact_pair", None, None, "exact_image", "near_caption", None, None, "near_image", None, None]
+    keep = [r["dup_keep"] for r in dup]
+    assert keep == [False, True, True, False, False, True, True, False, True, None]
+    assert dup[0]["dup_of"] == dup[1]["uid"] and dup[0]["dup_group"] == dup[1]["dup_group"]
+    assert dup[9]["dup_group"] is None
+
+
+def test_keep_farthest_from_centroid_policy_is_selectable():
+    e = _unit(np.ones(8))
+    rows = [("ok", "a", "x", e, 0.9), ("ok", "a", "x", e, 0.1)]
+    dup = find_duplicates(_table(rows), DedupConfig(keep="farthest_from_centroid"), "score_x").to_pylist()
+    assert sum(r["dup_keep"] for r in dup) == 1
+
+
+def test_degenerate_inputs_have_defined_results():
+    e = _unit(np.ones(8))
+    one = find_duplicates(_table([("ok", "a", "only row", e, 0.5)]), DedupConfig(), "score_x").to_pylist()
+    assert one[0]["dup_keep"] is True and one[0]["dup_reason"] is None
+    constant = [("ok", f"s{k}", f"caption number {k} words", e, float(k)) for k in range(300)]
+    constant.append(("ok", "nan", "nan image", None, 1.0))
+    dup = find_duplicates(_table(constant), DedupConfig(), "score_x").to_pylist()
+    assert sum(r["dup_keep"] for r in dup) == 2  # one of the 300 identical images, and the row without one
+    assert dup[299]["dup_keep"] is True  # the highest score
+    blank = [("ok", f"s{k}", "   ", _unit(np.eye(8)[k % 8]), 0.0) for k in range(3)]
+    assert [r["dup_reason"] for r in find_duplicates(_table(blank), DedupConfig(images=False), "score_x").to_pylist()] == [None] * 3
+
+
+def test_minhash_agrees_with_exact_jaccard_on_candidates():
+    captions = [f"item {k} of the catalogue in red" for k in range(200)] + ["item 7 of the catalogue in red"] * 3
+    pairs = near_duplicate_captions(captions, threshold=0.8, kind="word", n=1)
+    assert (7, 200, 1.0) in pairs and all(j >= 0.8 for _, _, j in pairs)
+    assert signatures([shingles("a b c")]).shape == (1, 128)
+    assert signatures([set()])[0].min() == np.iinfo(np.uint32).max
+
+
+def test_semdedup_finds_a_perturbed_copy_and_ignores_nan():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[3] = _unit(x[400] + 0.02 * rng.normal(size=16))
+    x[9] = np.nan
+    pairs, centroid_sim = near_duplicate_images(x, eps=0.05, cluster_size=100)
+    assert [(i, j) for i, j, _ in pairs] == [(3, 400)]
+    assert np.isnan(centroid_sim[9]) and np.isfinite(centroid_sim[:9]).all()
