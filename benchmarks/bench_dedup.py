@@ -29,16 +29,30 @@ ICONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "icons"
 
 
 def make_captions(n: int) -> list[str]:
-    """Real icon names plus drawn-scene captions, with their natural exact and near repeats."""
+    """The 64,490 real icon names (with their natural repeats and style variants), then web-like
+    captions of 4-12 words drawn from their vocabulary with Zipf frequencies; 5% of those are copies
+    with one word added, dropped or replaced (near duplicates around the threshold)."""
     import pyarrow.parquet as pq
 
-    from curate.scenes import describe, random_scene
-
     captions = pq.read_table(ICONS / "pairs.parquet", columns=["caption"]).column("caption").to_pylist()[:n]
+    from collections import Counter
+
+    vocab = [w for w, _ in Counter(w for c in captions for w in c.split()).most_common()]  # by frequency
     rng = np.random.default_rng(0)
+    weights = 1.0 / np.arange(1, len(vocab) + 1)
+    weights /= weights.sum()
     while len(captions) < n:
-        scene = random_scene(rng)
-        captions.append(describe(scene, paraphrase=bool(rng.integers(2))))
+        if len(captions) > 100 and rng.random() < 0.05:
+            words = captions[int(rng.integers(len(captions)))].split()
+            edit = int(rng.integers(3))
+            k = int(rng.integers(len(words) + (edit == 0)))
+            if edit == 0:
+                words.insert(k, vocab[int(rng.integers(len(vocab)))])
+            elif len(words) > 1:
+                words[min(k, len(words) - 1):min(k, len(words) - 1) + 1] = [] if edit == 1 else [vocab[int(rng.integers(len(vocab)))]]
+            captions.append(" ".join(words))
+        else:
+            captions.append(" ".join(rng.choice(vocab, size=int(rng.integers(4, 13)), p=weights)))
     return captions
 
 
@@ -156,7 +170,7 @@ def main() -> None:
     args = parser.parse_args()
     captions = bench_captions(args.captions, args.threshold, args.num_perm, args.shingle_n)
     print(captions, file=sys.stderr)
-    images = bench_images(args.images, args.dim, args.eps, args.sample, args.cluster_size)
+    images = bench_images(args.images, args.dim, args.eps, args.sample, args.cluster_size) if args.images else None
     emit({**captions, "images": images}, args.out, "dedup")
 
 

@@ -3,12 +3,9 @@ Jaccard verification of every candidate pair."""
 from __future__ import annotations
 
 import re
-from collections import defaultdict
-
 import numpy as np
 from datasketch.lsh import _optimal_param
 
-MERSENNE = np.uint64((1 << 61) - 1)
 MAX_HASH = np.uint64((1 << 32) - 1)
 _WORD = re.compile(r"\w+")
 
@@ -30,12 +27,13 @@ def _token_hashes(tokens: list[str]) -> np.ndarray:
 
 
 def signatures(sets: list[set[str]], num_perm: int = 128, seed: int = 1, chunk: int = 200_000) -> np.ndarray:
-    """(len(sets), num_perm) uint32 MinHash signatures, all docs at once: h_p(x) = (a_p x + b_p) mod 2^61-1,
-    truncated to 32 bits (datasketch's scheme), minimised per document with reduceat. Empty sets get
-    the maximum value everywhere."""
-    rng = np.random.RandomState(seed)
-    a = rng.randint(1, int(MERSENNE), size=num_perm, dtype=np.uint64)
-    b = rng.randint(0, int(MERSENNE), size=num_perm, dtype=np.uint64)
+    """(len(sets), num_perm) uint32 MinHash signatures, all docs at once, minimised per document with
+    reduceat. The permutations are multiply-add-shift hashes of the 32-bit token hash,
+    h_p(x) = ((a_p x + b_p) mod 2^64) >> 32 with odd a_p: no modulo, so numpy does them at memory
+    speed. Empty sets get the maximum value everywhere."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
     lengths = np.fromiter((len(s) for s in sets), dtype=np.int64, count=len(sets))
     out = np.full((len(sets), num_perm), MAX_HASH, dtype=np.uint64)
     tokens = [t for s in sets for t in s]
@@ -43,7 +41,7 @@ def signatures(sets: list[set[str]], num_perm: int = 128, seed: int = 1, chunk: 
     doc_of_token = np.repeat(np.arange(len(sets)), lengths)
     for lo in range(0, len(tokens), chunk):
         hi = min(len(tokens), lo + chunk)
-        phv = ((hashes[lo:hi, None] * a[None, :] + b[None, :]) % MERSENNE) & MAX_HASH
+        phv = (hashes[lo:hi, None] * a[None, :] + b[None, :]) >> np.uint64(32)
         docs = doc_of_token[lo:hi]
         first = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
         mins = np.minimum.reduceat(phv, first, axis=0)
@@ -58,11 +56,13 @@ def lsh_candidates(sigs: np.ndarray, threshold: float) -> set[tuple[int, int]]:
     bands, rows = _optimal_param(threshold, sigs.shape[1], 0.1, 0.9)
     pairs: set[tuple[int, int]] = set()
     for band in range(bands):
-        keys = sigs[:, band * rows:(band + 1) * rows]
-        buckets: dict[bytes, list[int]] = defaultdict(list)
-        for i, key in enumerate(map(bytes, keys)):
-            buckets[key].append(i)
-        for members in buckets.values():
+        keys = np.ascontiguousarray(sigs[:, band * rows:(band + 1) * rows]).view(f"V{4 * rows}").ravel()
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        ends = np.r_[starts[1:], len(keys)]
+        for lo, hi in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
+            members = sorted(order[lo:hi].tolist())
             for x in range(len(members)):
                 for y in range(x + 1, len(members)):
                     pairs.add((members[x], members[y]))
