@@ -2,7 +2,6 @@
 uid-keyed Parquet per part with a status for every row, including the rows img2dataset never saw."""
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -16,8 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from curate.io import Part, fingerprint
 from curate.schema import CAPTION, ERROR, STATUS, UID, URL, Status
 from curate.stage import MapStage, Resources
-
-log = logging.getLogger(__name__)
 
 SHARDS_DIR = "shards"
 KEY_DIGITS = 5  # img2dataset's oom_shard_count: shard 42 is shards/00042.tar

@@ -4,7 +4,6 @@ decodes gets `decode_error`. Images are read from the download stage's tars by k
 from __future__ import annotations
 
 import io
-import logging
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,8 +17,6 @@ from curate.heuristics import COLUMNS as HEURISTIC_COLUMNS, caption_signals, ima
 from curate.io import Part, fingerprint
 from curate.schema import CAPTION, ERROR, STATUS, UID, Status
 from curate.stage import MapStage, Resources
-
-log = logging.getLogger(__name__)
 
 IMAGE_EMBEDDING, TEXT_EMBEDDING = "image_embedding", "text_embedding"
 

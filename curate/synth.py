@@ -6,7 +6,6 @@ Writes `pool.parquet` (uid, url, caption, gt_* columns), the files it serves und
 """
 from __future__ import annotations
 
-import io
 import logging
 import time
 from dataclasses import dataclass

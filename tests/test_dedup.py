@@ -1,6 +1,5 @@
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from curate.dedup import DedupConfig, find_duplicates
 from curate.heuristics import caption_signals

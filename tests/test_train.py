@@ -6,7 +6,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
 
 from curate.scenes import encode, random_scene, render, describe
 from train import checkpoint

@@ -2,7 +2,6 @@
 image<->text retrieval recall@k, and a linear probe on frozen image features."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,6 @@ from PIL import Image
 
 from train.checkpoint import load_model
 from train.models import image_size, tokenizer
-
-log = logging.getLogger(__name__)
 
 TEMPLATES = ("a photo of {}.", "an icon of {}.", "an emoji of {}.", "a picture of a {}.", "{}")
 PROBE_TEST_SHARE = 0.2

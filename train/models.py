@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
 import open_clip
 import torch
-
-log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "models"
 _registered = False
