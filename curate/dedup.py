@@ -94,20 +94,23 @@ def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None) -> 
     n = table.num_rows
     ok = np.array([s == Status.OK for s in table.column(STATUS).to_pylist()])
     rows = np.flatnonzero(ok)
+    taken = pa.array(rows, pa.int64())
+
+    def column(name: str) -> list:
+        return table.column(name).take(taken).to_pylist()
+
     groups = _Groups(len(rows))
-    sha = [table.column("sha256")[int(i)].as_py() for i in rows]
-    caption_hash = [table.column("caption_hash")[int(i)].as_py() for i in rows]
+    sha, caption_hash = column("sha256"), column("caption_hash")
     if cfg.exact:
         _exact_links([(s, c) if s else None for s, c in zip(sha, caption_hash)], groups, 0)
         _exact_links(sha, groups, 1)
     if cfg.captions:
-        captions = [table.column("caption")[int(i)].as_py() for i in rows]
-        for i, j, sim in near_duplicate_captions(captions, cfg.caption_threshold, cfg.num_perm, cfg.shingle,
+        for i, j, sim in near_duplicate_captions(column("caption"), cfg.caption_threshold, cfg.num_perm, cfg.shingle,
                                                  cfg.shingle_n):
             groups.link(i, j, 2, sim)
     centroid_sim = np.full(len(rows), np.nan, dtype=np.float32)
     if cfg.images and len(rows):
-        emb = table.column("image_embedding").take(pa.array(rows)).combine_chunks()
+        emb = table.column("image_embedding").take(taken).combine_chunks()
         dim = emb.type.list_size
         vectors = np.asarray(emb.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
         vectors[np.asarray(emb.is_null())] = np.nan
@@ -115,10 +118,10 @@ def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None) -> 
         for i, j, sim in pairs:
             groups.link(i, j, 3, sim)
 
-    preference = _preference(table, rows, cfg, keep_col, centroid_sim)
+    preference = _preference(column(keep_col) if keep_col else None, len(rows), cfg, centroid_sim)
     roots = np.array([groups.find(k) for k in range(len(rows))])
     keeper: dict[int, int] = {}
-    for k in np.lexsort((np.array([table.column(UID)[int(i)].as_py() for i in rows]), -preference)):
+    for k in np.lexsort((np.array(column(UID)), -preference)):
         keeper.setdefault(int(roots[k]), int(k))
     size = np.bincount(roots, minlength=len(rows))
 
@@ -143,14 +146,14 @@ def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None) -> 
                      "dup_similarity": pa.array(similarity, pa.float32())})
 
 
-def _preference(table, rows, cfg: DedupConfig, keep_col, centroid_sim) -> np.ndarray:
+def _preference(scores: list | None, n: int, cfg: DedupConfig, centroid_sim) -> np.ndarray:
     """Higher is kept first."""
     if cfg.keep == "farthest_from_centroid":
         pref = -centroid_sim
-    elif keep_col is None:
-        pref = np.zeros(len(rows), dtype=np.float32)
+    elif scores is None:
+        pref = np.zeros(n, dtype=np.float32)
     else:
-        pref = np.array([table.column(keep_col)[int(i)].as_py() for i in rows], dtype=np.float64)
+        pref = np.array([np.nan if v is None else v for v in scores], dtype=np.float64)
     return np.nan_to_num(np.asarray(pref, dtype=np.float64), nan=-np.inf)
 
 

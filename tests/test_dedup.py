@@ -1,5 +1,6 @@
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from curate.dedup import DedupConfig, find_duplicates
 from curate.heuristics import caption_signals
@@ -91,3 +92,30 @@ def test_semdedup_finds_a_perturbed_copy_and_ignores_nan():
     pairs, centroid_sim = near_duplicate_images(x, eps=0.05, cluster_size=100)
     assert [(i, j) for i, j, _ in pairs] == [(3, 400)]
     assert np.isnan(centroid_sim[9]) and np.isfinite(centroid_sim[:9]).all()
+
+
+def test_run_dedup_writes_every_uid_once_and_skips_when_up_to_date(tmp_path):
+    import json
+    import os
+
+    import pyarrow.parquet as pq
+
+    from curate.dedup import run_dedup
+
+    e = _unit(np.ones(8))
+    rows = [("ok", "a", "same words here", e, 0.2), ("ok", "a", "same words here", e, 0.8),
+            ("timeout", None, "lost", None, None)]
+    (tmp_path / "score" / "_done").mkdir(parents=True)
+    pq.write_table(_table(rows), tmp_path / "score" / "part-00000.parquet")
+    (tmp_path / "score" / "_done" / "part-00000.json").write_text(json.dumps({"part": "part-00000"}))
+    stats = run_dedup(DedupConfig(), tmp_path)
+    dup = pq.read_table(tmp_path / "dedup" / "dup.parquet")
+    assert dup.column("uid").to_pylist() == [f"{k:032x}" for k in range(3)]
+    assert stats["input_rows"] == 3 == sum(stats["by_status"].values())
+    assert stats["by_status"] == {"kept": 1, "not_scored": 1, "exact_pair": 1, "exact_image": 0, "near_caption": 0,
+                                  "near_image": 0}
+    before = os.stat(tmp_path / "dedup" / "dup.parquet").st_mtime_ns
+    assert run_dedup(DedupConfig(), tmp_path) == stats
+    assert os.stat(tmp_path / "dedup" / "dup.parquet").st_mtime_ns == before
+    with pytest.raises(ValueError, match="keep_score"):
+        run_dedup(DedupConfig(keep_score="score_missing"), tmp_path)
