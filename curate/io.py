@@ -89,6 +89,11 @@ class Part:
         return self.stage_dir / f"{self.name}.parquet"
 
     @property
+    def input_rows(self) -> int:
+        """Rows of the input file, from its Parquet footer."""
+        return pq.ParquetFile(self.input_path).metadata.num_rows
+
+    @property
     def done_path(self) -> Path:
         return self.stage_dir / DONE_DIR / f"{self.name}.json"
 

@@ -118,7 +118,7 @@ def is_done(stage: MapStage, part: Part, input_uids: str) -> bool:
 def write_stage_stats(stage_dir: Path, parts: list[Part], failed: list[str], wall_s: float, **extra) -> dict:
     """`stage_dir/stats.json`, counted from the part files, so every runner reports the same numbers.
     Rows of parts that failed for good count as `pending`, so the statuses always add up to input_rows."""
-    input_rows = sum(pq.ParquetFile(p.input_path).metadata.num_rows for p in parts)
+    input_rows = sum(p.input_rows for p in parts)
     done = [p.output_path for p in parts if p.output_path.exists() and p.name not in failed]
     by_status: dict[str, int] = {}
     for status in (read_column(done, STATUS).to_pylist() if done else []):

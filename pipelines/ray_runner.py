@@ -7,7 +7,7 @@ from pathlib import Path
 from curate.io import Part
 from curate.stage import MapStage, run_part
 from pipelines.ray_options import actor_pool_kwargs, init_kwargs, task_options
-from pipelines.runners import PartsFailed, part_rows, pending_parts, progress, run_with_retries
+from pipelines.runners import PartsFailed, pending_parts, progress, run_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class RayRunner:
                 except Exception as err:  # the task already used its retries
                     log.error("%s %s failed for good: %s", stage.name, part.name, err)
                     failed[part.name] = str(err)[-2000:]
-                bar.update(part_rows(part))
+                bar.update(part.input_rows)
         if failed:
             raise PartsFailed(stage.name, failed)
 
@@ -66,7 +66,7 @@ class RayRunner:
                 if row["error"]:
                     log.error("%s %s failed for good:\n%s", stage.name, row["part"], row["error"])
                     failed[row["part"]] = row["error"]
-                bar.update(part_rows(by_name[row["part"]]))
+                bar.update(by_name[row["part"]].input_rows)
         if failed:
             raise PartsFailed(stage.name, failed)
 

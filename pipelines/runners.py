@@ -36,12 +36,8 @@ def pending_parts(stage: MapStage, parts: list[Part]) -> list[Part]:
 
 def progress(stage: MapStage, parts: list[Part], suffix: str = "") -> tqdm:
     """A bar in rows (rate and ETA in rows/s) over the given parts."""
-    rows = sum(part_rows(p) for p in parts)
+    rows = sum(p.input_rows for p in parts)
     return tqdm(total=rows, desc=f"{stage.name}{suffix}", unit="row", unit_scale=True)
-
-
-def part_rows(part: Part) -> int:
-    return pq.ParquetFile(part.input_path).metadata.num_rows
 
 
 def run_with_retries(stage: MapStage, part: Part, retries: int) -> str | None:
@@ -73,7 +69,7 @@ class LocalRunner:
                 error = run_with_retries(stage, part, self.part_retries)
                 if error:
                     failed[part.name] = error
-                bar.update(part_rows(part))
+                bar.update(part.input_rows)
         if failed:
             raise PartsFailed(stage.name, failed)
 

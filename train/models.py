@@ -1,7 +1,6 @@
 """Models: open_clip architectures from `configs/models/*.json`, random init or a local checkpoint."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -66,10 +65,3 @@ def image_size(model: torch.nn.Module) -> int:
     size = model.visual.image_size
     return size[0] if isinstance(size, (tuple, list)) else int(size)
 
-
-def parameter_count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def describe(name: str) -> str:
-    return json.dumps(model_config(name))
