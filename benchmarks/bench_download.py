@@ -66,7 +66,7 @@ def main() -> None:
         runner._ensure_ray()
         ray_init_s = time.perf_counter() - start
         cfg = DownloadConfig(input=work / "pool" / "pool.parquet", rows_per_part=args.rows_per_part,
-                             thread_count=args.threads, timeout_s=10)
+                             thread_count=args.threads, timeout_s=10, allow_private_networks=True)
         with PeakRSS(exclude=(server.pid,)) as ours_rss:
             start = time.perf_counter()
             stats = run_download(cfg, work / "ours", runner)

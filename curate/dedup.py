@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from curate.io import atomic_write_json, atomic_write_parquet, fingerprint, list_parts, read_json
-from curate.minhash import near_duplicate_captions
+from curate.minhash import memory_buckets, near_duplicate_captions
 from curate.schema import STATUS, UID, Status
 from curate.semdedup import near_duplicate_images
 
@@ -35,6 +35,8 @@ class DedupConfig(BaseModel):
     cluster_size: int = Field(1000, ge=2, description="k-means clusters = rows / cluster_size")
     keep: Literal["score", "farthest_from_centroid"] = Field("score", description="which member of a group stays")
     keep_score: str | None = Field(None, description="score column for keep=score; default the first score_*")
+    lsh_shuffle: Literal["memory", "ray"] = Field(
+        "memory", description="group LSH bands in memory, or as a Ray shuffle (group by band key) across the cluster")
 
 
 class _Groups:
@@ -89,8 +91,9 @@ def read_scored(score_dir: Path, keep_score: str | None) -> tuple[pa.Table, str 
     return pa.concat_tables([pq.read_table(p, columns=columns) for p in parts]), keep_col
 
 
-def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None) -> pa.Table:
-    """dup.parquet's table for `table` (all rows; only `ok` rows take part)."""
+def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None, buckets=memory_buckets) -> pa.Table:
+    """dup.parquet's table for `table` (all rows; only `ok` rows take part). `buckets` groups caption
+    signatures by LSH band (in memory, or a Ray shuffle passed in by the pipeline)."""
     n = table.num_rows
     ok = np.array([s == Status.OK for s in table.column(STATUS).to_pylist()])
     rows = np.flatnonzero(ok)
@@ -106,7 +109,7 @@ def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None) -> 
         _exact_links(sha, groups, 1)
     if cfg.captions:
         for i, j, sim in near_duplicate_captions(column("caption"), cfg.caption_threshold, cfg.num_perm, cfg.shingle,
-                                                 cfg.shingle_n):
+                                                 cfg.shingle_n, buckets):
             groups.link(i, j, 2, sim)
     centroid_sim = np.full(len(rows), np.nan, dtype=np.float32)
     if cfg.images and len(rows):
@@ -157,7 +160,7 @@ def _preference(scores: list | None, n: int, cfg: DedupConfig, centroid_sim) -> 
     return np.nan_to_num(np.asarray(pref, dtype=np.float64), nan=-np.inf)
 
 
-def run_dedup(cfg: DedupConfig, run_dir: Path) -> dict:
+def run_dedup(cfg: DedupConfig, run_dir: Path, buckets=memory_buckets) -> dict:
     """Write dedup/dup.parquet and stats.json; skipped when done from the same score output and config."""
     run_dir = Path(run_dir)
     score_dir, out_dir = run_dir / "score", run_dir / "dedup"
@@ -169,7 +172,7 @@ def run_dedup(cfg: DedupConfig, run_dir: Path) -> dict:
         return read_json(out_dir / "stats.json")
     start = time.time()
     table, keep_col = read_scored(score_dir, cfg.keep_score)
-    dup = find_duplicates(table, cfg, keep_col)
+    dup = find_duplicates(table, cfg, keep_col, buckets)
     atomic_write_parquet(out_dir / "dup.parquet", dup)
     reasons = dup.column("dup_reason").to_pylist()
     keeps = dup.column("dup_keep").to_pylist()

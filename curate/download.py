@@ -3,6 +3,8 @@ uid-keyed Parquet per part with a status for every row, including the rows img2d
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -12,7 +14,9 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from curate.fetch import Limits, guarded_img2dataset
 from curate.io import Part, fingerprint
+from curate.netguard import Guard
 from curate.schema import CAPTION, ERROR, STATUS, UID, URL, Status
 from curate.stage import MapStage, Resources
 
@@ -35,6 +39,10 @@ class DownloadConfig(BaseModel):
     thread_count: int = Field(32, ge=1, le=1024)
     timeout_s: float = Field(10.0, gt=0)
     retries: int = Field(0, ge=0, le=10, description="img2dataset's per-URL retries")
+    deadline_s: float = Field(60.0, gt=0, description="a whole response must arrive within this (endless bodies)")
+    max_response_bytes: int = Field(50_000_000, ge=1, description="larger responses end as too_large")
+    allow_private_networks: bool = Field(
+        False, description="allow hosts that resolve to loopback, private, link-local or metadata addresses")
     min_side_px: int = Field(32, ge=0)
     max_aspect_ratio: float = Field(5.0, ge=1.0)
     max_image_area: float = Field(1e8, gt=0, description="width*height above this is too_large")
@@ -48,11 +56,12 @@ class DownloadConfig(BaseModel):
         """Keys that change what a part's output holds (not how fast it is made)."""
         return fingerprint(self.model_dump(mode="json", include={
             "min_side_px", "max_aspect_ratio", "max_image_area", "encode_format", "disallowed_header_directives",
-            "user_agent_token"}))
+            "user_agent_token", "max_response_bytes", "allow_private_networks"}))
 
 
 # img2dataset reports failures as exception text; the first matching needle names the status.
 ERROR_STATUSES = (
+    ("blocked address", Status.BLOCKED_ADDRESS),
     ("infinite loop", Status.REDIRECT_LOOP),
     ("X-Robots-Tag", Status.BLOCKED_ROBOTS),
     ("HTTP Error", Status.HTTP_ERROR),
@@ -61,6 +70,8 @@ ERROR_STATUSES = (
     ("aspect ratio too large", Status.BAD_ASPECT_RATIO),
     ("image area too large", Status.TOO_LARGE),
     ("decompression bomb", Status.TOO_LARGE),
+    ("response too large", Status.TOO_LARGE),
+    ("unknown url type", Status.INVALID_URL),
     ("Image decoding error", Status.DECODE_ERROR),
     ("imdecode", Status.DECODE_ERROR),
     ("IncompleteRead", Status.CONNECTION_ERROR),
@@ -85,15 +96,16 @@ OUTPUT_FIELDS = {
 
 
 class DownloadStage(MapStage):
-    """One part = one img2dataset shard. Rows with a status from the input pass through untouched."""
+    """One part = one img2dataset shard. Rows with a status from the input pass through untouched.
+    `allowed_endpoints`: (ip, port) pairs reachable whatever the address policy (curate's own server)."""
 
     name = "download"
     requires = (UID, URL, CAPTION, STATUS, ERROR)
     provides = (STATUS, ERROR, *OUTPUT_FIELDS)
     resources = Resources(num_cpus=1)
 
-    def __init__(self, cfg: DownloadConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: DownloadConfig, allowed_endpoints: frozenset[tuple[str, int]] = frozenset()):
+        self.cfg, self.allowed_endpoints = cfg, frozenset(allowed_endpoints)
 
     def config_fingerprint(self) -> str:
         return self.cfg.output_fingerprint()
@@ -123,18 +135,36 @@ class DownloadStage(MapStage):
 
     def process_part(self, table: pa.Table, part: Part) -> pa.Table:
         shard_dir = part.stage_dir / SHARDS_DIR
-        shard_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{part.index:0{KEY_DIGITS}d}"
         pending = table.filter(pc.is_null(table.column(STATUS))).select([UID, CAPTION, URL])
         results: dict[str, dict] = {}
         if pending.num_rows:
-            request = shard_dir / f".{part.name}.arrow"
+            meta = self._download(pending, part, shard_dir, name)
+            results = {r[UID]: r for r in meta.to_pylist()}
+        return self._merge(table, results, f"{SHARDS_DIR}/{name}.tar")
+
+    def _download(self, pending: pa.Table, part: Part, shard_dir: Path, name: str) -> pa.Table:
+        """img2dataset into a folder of this attempt only, then its files renamed into place: an attempt
+        still running after its driver died can never interleave writes with the rerun's."""
+        for stale in shard_dir.glob(f".{part.name}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        attempt = shard_dir / f".{part.name}.{uuid.uuid4().hex[:8]}.tmp"
+        attempt.mkdir(parents=True)
+        try:
+            request = attempt / "request.arrow"
             feather.write_feather(pending, str(request), compression="uncompressed")
-            ok, _ = self._downloader(shard_dir)((part.index, str(request)))
+            guard = Guard(self.cfg.allow_private_networks, self.allowed_endpoints)
+            limits = Limits(self.cfg.deadline_s, self.cfg.max_response_bytes, self.cfg.max_image_area)
+            with guarded_img2dataset(guard, limits):
+                ok, _ = self._downloader(attempt)((part.index, str(request)))
             if not ok:
                 raise RuntimeError(f"img2dataset failed on {part.name} (its traceback is above)")
-            meta = pq.read_table(shard_dir / f"{part.index:0{KEY_DIGITS}d}.parquet")
-            results = {r[UID]: r for r in meta.to_pylist()}
-        return self._merge(table, results, f"{SHARDS_DIR}/{part.index:0{KEY_DIGITS}d}.tar")
+            meta = pq.read_table(attempt / f"{name}.parquet")
+            for produced in (f"{name}.tar", f"{name}.parquet", f"{name}_stats.json"):
+                os.replace(attempt / produced, shard_dir / produced)
+            return meta
+        finally:
+            shutil.rmtree(attempt, ignore_errors=True)
 
     def _merge(self, table: pa.Table, results: dict[str, dict], shard: str) -> pa.Table:
         statuses, errors = table.column(STATUS).to_pylist(), table.column(ERROR).to_pylist()

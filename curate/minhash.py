@@ -49,28 +49,49 @@ def signatures(sets: list[set[str]], num_perm: int = 128, seed: int = 1, chunk: 
     return out.astype(np.uint32)
 
 
-def lsh_candidates(sigs: np.ndarray, threshold: float) -> set[tuple[int, int]]:
-    """Pairs (i < j) that share at least one band. Bands and rows are datasketch's optimum with false
-    negatives weighted 0.9: every candidate is verified by exact Jaccard, so a false positive costs
-    only time while a false negative is a duplicate lost."""
+def band_keys(sigs: np.ndarray, threshold: float) -> np.ndarray:
+    """(n, bands) uint64: one key per document and band; documents sharing a key share that band.
+    Bands and rows are datasketch's optimum with false negatives weighted 0.9: every candidate is
+    verified by exact Jaccard, so a false positive costs only time while a false negative is a lost
+    duplicate. A band's rows are mixed into 64 bits (a collision only adds a candidate)."""
     bands, rows = _optimal_param(threshold, sigs.shape[1], 0.1, 0.9)
-    pairs: set[tuple[int, int]] = set()
-    for band in range(bands):
-        keys = np.ascontiguousarray(sigs[:, band * rows:(band + 1) * rows]).view(f"V{4 * rows}").ravel()
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
+    keys = np.zeros((len(sigs), bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for band in range(bands):
+            key = np.full(len(sigs), band, dtype=np.uint64)
+            for col in range(band * rows, (band + 1) * rows):
+                key = (key ^ sigs[:, col].astype(np.uint64)) * np.uint64(0x100000001B3)
+                key ^= key >> np.uint64(29)
+            keys[:, band] = key
+    return keys
+
+
+def memory_buckets(keys: np.ndarray) -> list[np.ndarray]:
+    """Groups of two or more documents sharing a (band, key), by sorting each band in memory."""
+    buckets = []
+    for band in range(keys.shape[1]):
+        order = np.argsort(keys[:, band], kind="stable")
+        sorted_keys = keys[order, band]
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        ends = np.r_[starts[1:], len(keys)]
-        for lo, hi in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
-            members = sorted(order[lo:hi].tolist())
-            for x in range(len(members)):
-                for y in range(x + 1, len(members)):
-                    pairs.add((members[x], members[y]))
+        ends = np.r_[starts[1:], len(order)]
+        buckets += [order[lo:hi] for lo, hi in zip(starts, ends) if hi - lo > 1]
+    return buckets
+
+
+def lsh_candidates(sigs: np.ndarray, threshold: float, buckets=memory_buckets) -> set[tuple[int, int]]:
+    """Pairs (i < j) that share at least one band. `buckets` groups documents by (band, key): in memory
+    by default, or a distributed shuffle (pipelines.ray_lsh) for pools larger than one node."""
+    pairs: set[tuple[int, int]] = set()
+    for bucket in buckets(band_keys(sigs, threshold)):
+        members = sorted(int(m) for m in bucket)
+        for x in range(len(members)):
+            for y in range(x + 1, len(members)):
+                pairs.add((members[x], members[y]))
     return pairs
 
 
 def near_duplicate_captions(captions: list[str], threshold: float = 0.8, num_perm: int = 128,
-                            kind: str = "word", n: int = 1) -> list[tuple[int, int, float]]:
+                            kind: str = "word", n: int = 1, buckets=memory_buckets) -> list[tuple[int, int, float]]:
     """Verified pairs (i, j, jaccard >= threshold) among captions; empty captions never match.
 
     Captions with identical shingle sets are linked to their first occurrence directly (Jaccard 1), and
@@ -89,7 +110,7 @@ def near_duplicate_captions(captions: list[str], threshold: float = 0.8, num_per
             first_of[key] = i
             reps.append(i)
     sigs = signatures([sets[i] for i in reps], num_perm)
-    for a, b in lsh_candidates(sigs, threshold):
+    for a, b in lsh_candidates(sigs, threshold, buckets):
         i, j = reps[a], reps[b]
         jaccard = len(sets[i] & sets[j]) / len(sets[i] | sets[j])
         if jaccard >= threshold:

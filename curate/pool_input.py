@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ from curate.schema import CAPTION, ERROR, STATUS, UID, URL, Status, is_uid, make
 log = logging.getLogger(__name__)
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 
 
 class InputError(ValueError):
@@ -58,8 +60,11 @@ def _read_jsonl(path: Path, columns: list[str]) -> pa.Table:
             if not isinstance(row, dict):
                 raise InputError(f"{path}:{lineno} is not a JSON object")
             present.update(row)
-            for c in columns:
+            for k, c in enumerate(columns):
                 value = row.get(c)
+                if k < 2 and value is not None and not isinstance(value, str):
+                    raise InputError(f"{path}:{lineno}: {c!r} holds {type(value).__name__} {str(value)[:80]!r}; "
+                                     "url and caption must be JSON strings")
                 data[c].append(value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value)
     return pa.table({c: pa.array(v, type=pa.binary() if c in columns[:2] else None)
                      for c, v in data.items() if c in present})
@@ -90,7 +95,7 @@ def read_input(path: Path, fmt: str, required: list[str], optional: list[str]) -
             table = _read_jsonl(path, columns)
         else:
             raise InputError(f"unknown input format {fmt!r}")
-    except (pa.ArrowInvalid, OSError) as err:
+    except (pa.ArrowException, OSError) as err:  # ArrowTypeError: a JSONL column of mixed types
         raise InputError(f"cannot read {path} as {fmt}: {err}") from err
     missing = [c for c in required if c not in table.column_names]
     if missing:
@@ -114,8 +119,13 @@ def _text(value) -> tuple[str, bool]:
 
 
 def _url_ok(url: str) -> bool:
+    """An http(s) URL with a host, a valid port and no whitespace or control characters (which
+    http.client refuses, and which could smuggle headers)."""
+    if CONTROL_OR_SPACE.search(url):
+        return False
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError when out of range or not a number)
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)

@@ -41,3 +41,35 @@ def score_auc(run_dir: Path, pool_path: Path, noise_kinds=("mismatched_caption",
                         for kind in noise_kinds}
         result[name]["clean_rows"] = int(len(clean))
     return result
+
+
+def dedup_quality(run_dir: Path, pool_path: Path) -> dict:
+    """Precision and recall of dedup/dup.parquet against the planted duplicates of a synthetic pool.
+
+    A planted pair is (copy, original) for every `exact_duplicate` / `near_duplicate` row. Recall: the
+    pair ended in one dup_group. Precision: of the rows dedup dropped for a reason, the share whose
+    `dup_of` is of the same planted family (the original and its copies). Caption reasons are also
+    broken down by the noise kind of the dropped row: boilerplate captions are duplicates by design."""
+    pool = pq.read_table(pool_path, columns=["uid", "gt_noise", "gt_dup_of"]).to_pylist()
+    noise = {r["uid"]: r["gt_noise"] for r in pool}
+    family = {r["uid"]: r["gt_dup_of"] or r["uid"] for r in pool}
+    dup = {r["uid"]: r for r in pq.read_table(Path(run_dir) / "dedup" / "dup.parquet").to_pylist()}
+    result: dict = {}
+    def scored(uid: str) -> bool:
+        return dup.get(uid, {}).get("dup_keep") is not None
+
+    for kind in ("exact_duplicate", "near_duplicate"):
+        pairs = [(r["uid"], r["gt_dup_of"]) for r in pool
+                 if r["gt_noise"] == kind and scored(r["uid"]) and scored(r["gt_dup_of"])]
+        found = sum(1 for a, b in pairs if dup[a]["dup_group"] is not None and dup[a]["dup_group"] == dup[b]["dup_group"])
+        result[kind] = {"planted_pairs": len(pairs), "found": found, "recall": round(found / max(len(pairs), 1), 4)}
+    for reasons, name in ((("exact_image", "exact_pair"), "exact"), (("near_image",), "near_image"),
+                          (("near_caption",), "near_caption")):
+        dropped = [r for r in dup.values() if r["dup_keep"] is False and r["dup_reason"] in reasons]
+        right = sum(1 for r in dropped if family.get(r["uid"]) == family.get(r["dup_of"]))
+        by_noise: dict[str, int] = {}
+        for r in dropped:
+            by_noise[noise.get(r["uid"], "?")] = by_noise.get(noise.get(r["uid"], "?"), 0) + 1
+        result[name] = {"dropped": len(dropped), "same_family": right,
+                        "precision": round(right / max(len(dropped), 1), 4), "dropped_by_noise": by_noise}
+    return result

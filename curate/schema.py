@@ -35,6 +35,7 @@ class Status:
     CONNECTION_ERROR = "connection_error"
     REDIRECT_LOOP = "redirect_loop"
     BLOCKED_ROBOTS = "blocked_robots"
+    BLOCKED_ADDRESS = "blocked_address"  # the host is loopback, private, link-local or cloud metadata
     DECODE_ERROR = "decode_error"
     TOO_SMALL = "too_small"
     BAD_ASPECT_RATIO = "bad_aspect_ratio"

@@ -4,7 +4,6 @@ decodes gets `decode_error`. Images are read from the download stage's tars by k
 from __future__ import annotations
 
 import io
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from curate.heuristics import COLUMNS as HEURISTIC_COLUMNS, caption_signals, ima
 from curate.io import Part, fingerprint
 from curate.schema import CAPTION, ERROR, STATUS, UID, Status
 from curate.stage import MapStage, Resources
+from curate.tars import read_files
 
 IMAGE_EMBEDDING, TEXT_EMBEDDING = "image_embedding", "text_embedding"
 
@@ -67,12 +67,18 @@ def _read_images(table: pa.Table, download_dir: Path) -> dict[str, bytes]:
         if status == Status.OK and shard and key:
             wanted.setdefault(shard, {})[key] = uid
     images: dict[str, bytes] = {}
+    root = Path(download_dir).resolve()
     for shard, keys in wanted.items():
-        with tarfile.open(download_dir / shard) as tar:
-            for member in tar.getmembers():
-                key, _, ext = member.name.partition(".")
-                if key in keys and ext.lower() in ("jpg", "jpeg", "png", "webp"):
-                    images[keys[key]] = tar.extractfile(member).read()
+        path = (root / shard).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(f"shard {shard!r} points outside {root}; the download parts are not ours")
+
+        def wanted_member(name: str) -> bool:
+            key, _, ext = name.partition(".")
+            return key in keys and ext.lower() in ("jpg", "jpeg", "png", "webp")
+
+        files, _ = read_files(path, wanted_member)  # a damaged tar: the rows it lost get decode_error
+        images.update((keys[name.partition(".")[0]], data) for name, data in files.items())
     return images
 
 
@@ -127,10 +133,13 @@ class ScoreStage(MapStage):
         works on the previous batch. Returns (decoded rows, {row: error}, [(pixels, tokens)] per scorer)."""
         good, failures, images = [], {}, []
         for i in rows:
+            if uids[i] not in raw:
+                failures[i] = "score: image missing from its download shard (a damaged or incomplete tar)"
+                continue
             try:
                 images.append(decode_rgb(raw[uids[i]], self._decode_px))
                 good.append(i)
-            except (KeyError, OSError, ValueError, Image.DecompressionBombError) as err:
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
                 failures[i] = f"score: {type(err).__name__}: {err}"[:500]
         inputs = [(batcher(images), tokenize([captions[i] for i in good])) if good else (None, None)
                   for _, _, batcher, tokenize in self._scorers]

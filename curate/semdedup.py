@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from tqdm import tqdm
 
 
 def kmeans_assign(embeddings: np.ndarray, n_clusters: int, seed: int = 0, iters: int = 20):
@@ -38,7 +39,7 @@ def near_duplicate_images(embeddings: np.ndarray, eps: float = 0.05, cluster_siz
     assign, centroids = kmeans_assign(x[reps], max(1, len(reps) // cluster_size), seed)
     centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
     centroid_sim[idx] = np.einsum("ij,ij->i", x[idx], centroids[assign[np.searchsorted(reps, idx[first[inverse]])]])
-    for c in np.unique(assign):
+    for c in tqdm(np.unique(assign), desc="dedup images", unit="cluster", mininterval=2, leave=False):
         members = reps[assign == c]
         for lo in range(0, len(members), 4096):
             block = x[members[lo:lo + 4096]] @ x[members].T

@@ -7,19 +7,33 @@ Routes (the path after the route names a file under the served root):
   /x/reset/<path>   promises a long body, sends a little, then resets the connection
   /x/loop/<path>    redirects to itself forever
   /x/noai/<path>    the file, with `X-Robots-Tag: noai`
+  /x/html/<path>    the file, labelled `text/html` (a wrong content type)
+  /x/gzip/<path>    a gzip bomb: 64 MiB of zeros as ~64 kB with `Content-Encoding: gzip`
+  /x/trickle/<path> an endless body, one byte every 0.1 s
+  /x/endless/<path> an endless body, as fast as the client reads
+  /x/biglen/<path>  declares a terabyte body (Content-Length), then closes
+  /x/to/<url>       302 to the percent-encoded URL (a redirect to anywhere)
 """
 from __future__ import annotations
 
+import gzip
 import logging
 import socket
 import struct
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+GZIP_BOMB_BYTES = 64 << 20
+
+
+def _gzip_bomb() -> bytes:
+    return gzip.compress(bytes(GZIP_BOMB_BYTES), compresslevel=9)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -59,12 +73,61 @@ class _Handler(BaseHTTPRequestHandler):
         ctype = CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
         self._send(200, path.read_bytes(), ctype, headers)
 
+    def _stream(self, chunk: bytes, pause_s: float) -> None:
+        """A body without a length that never ends (until the client leaves or the server stops)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            while not self.server.stopping.is_set():
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                if pause_s:
+                    time.sleep(pause_s)
+        except OSError:
+            return
+
+    def _redirect(self, location: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _misbehave(self, route: str, rel: str) -> bool:
+        """The routes added for the bad-input catalogue; False when `route` is none of them."""
+        if route == "html":
+            path = self._file(rel)
+            if path is None:
+                self._send(404, b"not found")
+            else:
+                self._send(200, path.read_bytes(), "text/html")
+        elif route == "gzip":
+            self._send(200, self.server.gzip_bomb(), "image/png", {"Content-Encoding": "gzip"})
+        elif route == "trickle":
+            self._stream(b"\xff", 0.1)
+        elif route == "endless":
+            self._stream(bytes(1 << 16), 0.0)
+        elif route == "biglen":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(10**12))
+            self.end_headers()
+            self.close_connection = True
+        elif route == "to":
+            self._redirect(unquote(rel))
+        else:
+            return False
+        return True
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         parts = self.path.lstrip("/").split("/", 2)
         if parts[0] == "f" and len(parts) >= 2:
             self._send_file("/".join(parts[1:]))
             return
         route, rel = (parts[1], parts[2]) if parts[0] == "x" and len(parts) == 3 else ("", "")
+        if self._misbehave(route, rel):
+            return
         if route == "404":
             self._send(404, b"not found")
         elif route == "500":
@@ -72,10 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif route == "noai":
             self._send_file(rel, {"X-Robots-Tag": "noai"})
         elif route == "loop":
-            self.send_response(302)
-            self.send_header("Location", self.path)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self._redirect(self.path)
         elif route == "slow":
             self.server.stopping.wait(self.server.hang_s)
             self.close_connection = True
@@ -101,7 +161,13 @@ class _Server(ThreadingHTTPServer):
         self.root = Path(root).resolve()
         self.hang_s = hang_s
         self.stopping = threading.Event()
+        self._bomb: bytes | None = None
         super().__init__((host, port), _Handler)
+
+    def gzip_bomb(self) -> bytes:
+        if self._bomb is None:
+            self._bomb = _gzip_bomb()
+        return self._bomb
 
 
 class PoolServer:

@@ -18,7 +18,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curate.io import atomic_write_json, atomic_write_parquet, fingerprint, read_json
-from curate.scenes import describe, encode, perturb_scene, random_scene, render
+from curate.scenes import SCENES_VERSION, describe, encode, perturb_scene, random_scene, render
 from curate.schema import Status, make_uid
 from curate.serve import free_port
 
@@ -42,6 +42,7 @@ BROKEN_KINDS = {
 CAPTION_NOISE = ("mismatched_caption", "boilerplate_caption", "partial_caption")
 BOILERPLATE = ("IMG_{n:04d}.JPG", "DSC{n:05d}.jpg", "click here", "image", "Untitled", "photo", "thumbnail",
                "stock photo", "no description available", "view larger image", "product image {n}", "placeholder")
+SEED_SPLIT = "seed_pairs"  # synth/seed_pairs/: the from_pairs rows kept out of the pool (seed_split_fraction)
 PARAPHRASES = ("a picture of {c}", "{c}, shown as an image", "an illustration of {c}", "image: {c}")
 
 
@@ -73,6 +74,11 @@ class SynthConfig(BaseModel):
     n: int | None = Field(2000, ge=10, description="pool rows; from_pairs defaults to every pair plus duplicates")
     seed: int = 0
     from_pairs: Path | None = None
+    pairs_filter: dict[str, list[str]] = Field(
+        default_factory=dict, description="from_pairs rows to use, by column values, e.g. {vendor: [twitter]}")
+    seed_split_fraction: float = Field(
+        0.0, ge=0, lt=1, description="share of the from_pairs rows kept out of the pool and written clean to "
+                                     "seed_pairs/: a trusted seed set for the filter network, disjoint from the pool")
     min_side_px: int = Field(96, ge=40)
     max_side_px: int = Field(160, ge=40)
     host: str = "127.0.0.1"
@@ -117,9 +123,10 @@ class SceneSource:
 
 
 class PairsSource:
-    """A clean pairs directory (`pairs.parquet` with `path` and `caption`; see shared/data/emoji)."""
+    """A clean pairs directory (`pairs.parquet` with `path` and `caption`; see shared/data/emoji),
+    optionally only the rows whose columns hold given values."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, column_filter: dict[str, list[str]] | None = None):
         self.root = Path(root)
         table_path = self.root / "pairs.parquet"
         if not table_path.exists():
@@ -128,6 +135,13 @@ class PairsSource:
         missing = {"path", "caption"} - set(table.column_names)
         if missing:
             raise ValueError(f"{table_path} lacks columns {sorted(missing)}")
+        for col, allowed in (column_filter or {}).items():
+            if col not in table.column_names:
+                raise ValueError(f"synth.pairs_filter: {table_path} has no column {col!r} ({table.column_names})")
+            table = table.filter(np.isin(np.asarray(table.column(col).to_pylist(), dtype=object), list(allowed)))
+        if table.num_rows == 0:
+            raise ValueError(f"synth.pairs_filter {column_filter} keeps no rows of {table_path}")
+        self.table = table
         self.paths = table.column("path").to_pylist()
         self.captions = [c or "" for c in table.column("caption").to_pylist()]
         keys = table.column("key").to_pylist() if "key" in table.column_names else self.paths
@@ -153,6 +167,13 @@ class PairsSource:
 
     def paraphrase(self, i: int, rng: np.random.Generator) -> str:
         return PARAPHRASES[int(rng.integers(len(PARAPHRASES)))].format(c=self.captions[i])
+
+    def write_pairs(self, rows: np.ndarray, out_dir: Path) -> None:
+        """These rows, every column kept, as a pairs directory whose paths point at the source images."""
+        table = self.table.take(pa.array(np.sort(rows)))
+        paths = [str((self.root / p).resolve()) for p in table.column("path").to_pylist()]
+        table = table.set_column(table.column_names.index("path"), "path", pa.array(paths))
+        atomic_write_parquet(Path(out_dir) / "pairs.parquet", table)
 
 
 def _near_copy(img: Image.Image, rng: np.random.Generator) -> bytes:
@@ -199,16 +220,26 @@ def synthesize(cfg: SynthConfig, out_dir: Path) -> pa.Table:
     """Make the pool in `out_dir`; returns pool.parquet's table. Deterministic per config."""
     start = time.time()
     out_dir = Path(out_dir)
-    source = PairsSource(cfg.from_pairs) if cfg.from_pairs else SceneSource(cfg)
+    if not cfg.from_pairs and (cfg.pairs_filter or cfg.seed_split_fraction):
+        raise ValueError("synth.pairs_filter and synth.seed_split_fraction need synth.from_pairs")
+    source = PairsSource(cfg.from_pairs, cfg.pairs_filter) if cfg.from_pairs else SceneSource(cfg)
+    available = np.arange(len(source)) if cfg.from_pairs else None
+    if cfg.seed_split_fraction:
+        n_held = round(len(source) * cfg.seed_split_fraction)
+        held = np.random.default_rng([cfg.seed, 1]).permutation(len(source))[:n_held]
+        source.write_pairs(held, out_dir / SEED_SPLIT)
+        available = np.setdiff1d(available, held)
     noise = cfg.noise
     dup_share = noise.exact_duplicate + noise.near_duplicate
-    total = cfg.n if cfg.n is not None else round(len(source) / (1 - dup_share))
+    n_source = len(available) if cfg.from_pairs else len(source)
+    total = cfg.n if cfg.n is not None else round(n_source / (1 - dup_share))
     n_exact, n_near = round(total * noise.exact_duplicate), round(total * noise.near_duplicate)
     n_base = total - n_exact - n_near
-    if n_base > len(source):
-        raise ValueError(f"n={total} needs {n_base} source pairs but {cfg.from_pairs} has {len(source)}")
+    if n_base > n_source:
+        raise ValueError(f"n={total} needs {n_base} source pairs but {cfg.from_pairs} has {n_source} "
+                         f"(after pairs_filter and seed_split_fraction)")
     rng = np.random.default_rng(cfg.seed)
-    base_ids = rng.permutation(len(source))[:n_base] if cfg.from_pairs else np.arange(n_base)
+    base_ids = available[rng.permutation(len(available))[:n_base]] if cfg.from_pairs else np.arange(n_base)
     kinds = _plan_kinds(n_base, total, noise, rng)
     clean = [k for k in range(n_base) if kinds[k] == "clean"]
     if n_exact + n_near > len(clean):
@@ -273,7 +304,7 @@ def synthesize(cfg: SynthConfig, out_dir: Path) -> pa.Table:
     atomic_write_json(out_dir / "stats.json", {
         "input_rows": table.num_rows, "by_status": {Status.OK: table.num_rows},
         "by_gt_noise": {str(k): int(v) for k, v in by_noise.items()},
-        "config": fingerprint(cfg.model_dump(mode="json")), "wall_s": round(time.time() - start, 2),
+        "config": fingerprint(cfg.model_dump(mode="json"), SCENES_VERSION), "wall_s": round(time.time() - start, 2),
     })
     atomic_write_parquet(out_dir / "pool.parquet", table)
     log.info("synth: %d rows in %s (%.1fs)", table.num_rows, out_dir, time.time() - start)
@@ -285,7 +316,7 @@ def is_synthesized(cfg: SynthConfig, out_dir: Path) -> bool:
     stats = Path(out_dir) / "stats.json"
     if not (Path(out_dir) / "pool.parquet").exists() or not stats.exists():
         return False
-    return read_json(stats).get("config") == fingerprint(cfg.model_dump(mode="json"))
+    return read_json(stats).get("config") == fingerprint(cfg.model_dump(mode="json"), SCENES_VERSION)
 
 
 def serve_settings(synth_dir: Path) -> dict:

@@ -14,6 +14,10 @@ EPILOG = """examples:
   curate synth --n 2000 --seed 0 --out pool/             a web-like pool with ground truth
   curate synth --from-pairs ../shared/data/emoji --out pool/
   curate download --input pool/pool.parquet --serve pool/ --out runs/dl
+  curate tier --out runs/demo --set 'tier.standard_fractions=[0.3]'   re-tier in seconds, no model run
+  curate shard --out runs/demo                           WebDataset tars per subset
+  curate status runs/demo                                parts done, failed, pending per stage
+  curate report runs/demo                                runs/demo/report.html
 """
 
 
@@ -25,11 +29,28 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+STAGE_COMMANDS = {
+    "score": "score every downloaded pair with CLIP models and keep their embeddings (OUT/score)",
+    "dedup": "mark exact and near duplicates: image bytes, captions (MinHash-LSH), embeddings (OUT/dedup)",
+    "tier": "turn scores, filters and dedup marks into named subsets as sorted uid lists (OUT/tier)",
+    "shard": "write tier subsets as WebDataset shards that open_clip's trainer reads (OUT/shards/<subset>)",
+}
+STAGE_DESCRIPTION = """.
+
+Runs one stage of a pipeline on an existing run directory, with the settings of that run
+(OUT/config.resolved.yaml) or of --config, changed by --set. Finished work is skipped.
+examples:
+  curate tier --out runs/demo --set 'tier.standard_fractions=[0.1,0.3]'
+  curate shard --out runs/demo --set shard.samples_per_shard=500 --set 'shard.subsets=[top20]'
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="curate", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-        description="Curate CLIP training data: synthesize or read a URL+caption pool, download it with "
-                    "img2dataset, and account for every row.")
+        description="Curate CLIP training data: download a URL+caption pool with img2dataset, score it with "
+                    "CLIP, mark duplicates, cut quality tiers, write WebDataset shards, and train small CLIPs "
+                    "on them; every input row ends in a tier or with a reason.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a pipeline config into a run directory",
@@ -69,6 +90,42 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key, e.g. --set samples_seen=5000 --set data.workers=0")
     tr.add_argument("-v", "--verbose", action="store_true")
+
+    cmp = sub.add_parser("compare", help="train and evaluate a grid of subsets x strategies x models x seeds",
+                         description="Run CONFIG's pipeline into OUT (resumes), then train every grid cell on "
+                                     "OUT/shards/<subset>/ in the equal_samples and/or one_pass regime, evaluate it "
+                                     "on the eval sets, and write OUT/results.csv (a row per cell) and "
+                                     "OUT/summary.csv (mean and 95% t-interval over seeds). Finished cells are "
+                                     "kept; failed cells are recorded with their error and retried on rerun. "
+                                     "Exit 1 when some cell failed.")
+    cmp.add_argument("config", type=Path, help="compare YAML, e.g. configs/compare/emoji.yaml")
+    cmp.add_argument("--out", type=Path, required=True, help="run directory (pipeline outputs, train/, results)")
+    cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a key, e.g. --set grids.tiers.seeds=[0] --set samples_seen=2560")
+    cmp.add_argument("-v", "--verbose", action="store_true")
+
+    for stage, about in STAGE_COMMANDS.items():
+        sp = sub.add_parser(stage, help=about, description=about + STAGE_DESCRIPTION,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.add_argument("--out", type=Path, required=True, help="run directory, e.g. runs/demo")
+        sp.add_argument("--config", type=Path,
+                        help="pipeline YAML for the stage's section (default: OUT/config.resolved.yaml if present)")
+        _add_common(sp)
+
+    rep = sub.add_parser("report", help="write RUN_DIR/report.html: funnel, tiers, galleries, duplicates, training",
+                         description="Render one self-contained HTML page (plots and thumbnails embedded, no "
+                                     "network) from the files of RUN_DIR; sections the run lacks say so. "
+                                     "`curate run` writes it at the end of every run.")
+    rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    rep.add_argument("--out", type=Path, help="write the page here instead of RUN_DIR/report.html")
+    rep.add_argument("-v", "--verbose", action="store_true")
+
+    st = sub.add_parser("status", help="parts done, failed and pending per stage of a run",
+                        description="Read RUN_DIR (in progress or finished) and print, per stage, its parts done "
+                                    "(done markers), failed (named in the stage's stats.json) and pending.")
+    st.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    st.add_argument("-v", "--verbose", action="store_true")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a pairs directory; prints JSON",
                         description="Zero-shot top-1/top-5 per --class-column, image<->text recall@1/5/10, and a "
@@ -114,7 +171,31 @@ def _cmd_run(args) -> int:
     for stage, s in stats.items():
         if stage != "synth" and "by_status" in s:
             print_funnel(stage, s)
+        elif "subsets" in s:
+            print_subsets(stage, s)
     print(f"\nrun directory: {args.out}")
+    return 0
+
+
+def print_subsets(stage: str, stats: dict, out=None) -> None:
+    print(f"\n{stage}: samples per subset", file=out or sys.stdout)
+    for name, rows in stats["subsets"].items():
+        print(f"  {name:<22}{rows:>9}", file=out or sys.stdout)
+
+
+def _cmd_stage(args) -> int:
+    """`curate score|dedup|tier|shard --out RUN`: one stage, on the run's own settings."""
+    from pipelines.config import load_config
+    from pipelines.run import run_pipeline
+
+    resolved = args.out / "config.resolved.yaml"
+    config = args.config or (resolved if resolved.exists() else None)
+    cfg = load_config(config, args.overrides + _runner_overrides(args))
+    stats = run_pipeline(cfg, args.out, only=[args.command])[args.command]
+    if "by_status" in stats:
+        print_funnel(args.command, stats)
+    elif "subsets" in stats:
+        print_subsets(args.command, stats)
     return 0
 
 
@@ -159,6 +240,35 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from pipelines.config import load_config
+    from train.compare import CompareConfig, compare
+
+    rows = compare(load_config(args.config, args.overrides, schema=CompareConfig), args.out)
+    failed = [f"{r['subset']}/{r['strategy']}/{r['model']}/s{r['seed']}/{r['regime']}: {r['error']}"
+              for r in rows if r["status"] != "ok"]
+    print(json.dumps({"cells": len(rows), "ok": len(rows) - len(failed), "failed": len(failed),
+                      "results": str(args.out / "results.csv"), "summary": str(args.out / "summary.csv")}))
+    if failed:
+        print("failed cells (rerun the same command to retry them):\n  " + "\n  ".join(failed), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_report(args) -> int:
+    from curate.report.build import write_report
+
+    print(write_report(args.run_dir, args.out))
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from curate.report.status import format_status, run_status
+
+    rows = run_status(args.run_dir)
+    print(json.dumps(rows, indent=2) if args.json else format_status(rows))
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from train.evaluate import evaluate
 
@@ -170,7 +280,9 @@ def _cmd_eval(args) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "synth": _cmd_synth, "download": _cmd_download, "train": _cmd_train,
-            "eval": _cmd_eval}
+            "compare": _cmd_compare,
+            "eval": _cmd_eval, "report": _cmd_report, "status": _cmd_status,
+            **{stage: _cmd_stage for stage in STAGE_COMMANDS}}
 
 
 def main(argv: list[str] | None = None) -> int:

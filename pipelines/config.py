@@ -14,9 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from curate.dedup import DedupConfig
 from curate.download import DownloadConfig
 from curate.score import ScoreConfig
+from curate.shard import ShardConfig
 from curate.synth import SynthConfig
+from curate.tier import TierConfig
 
-STAGES = ("synth", "download", "filter", "score", "dedup")
+STAGES = ("synth", "download", "filter", "score", "dedup", "tier", "shard")
 PROVENANCE_PACKAGES = ("torch", "open_clip_torch", "img2dataset", "webdataset", "ray", "pyarrow", "pydantic")
 
 
@@ -36,7 +38,8 @@ class FilterConfig(BaseModel):
     """The filter network: a CLIP trained on a trusted seed set, which then scores the pool."""
 
     model_config = ConfigDict(extra="forbid")
-    seed_pairs: Path | None = Field(None, description="trusted pairs directory; none = draw clean scenes")
+    seed_pairs: Path | None = Field(None, description="trusted pairs directory; none = the synth stage's seed "
+                                    "split (synth.seed_split_fraction) if it made one, else draw clean scenes")
     seed_n: int = Field(2000, ge=10, description="drawn seed pairs (when seed_pairs is none)")
     seed: int = Field(1000, description="seed of the drawn set; differs from synth.seed, so it is disjoint")
     model: str = "tiny-vit-32"
@@ -57,6 +60,8 @@ class PipelineConfig(BaseModel):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    tier: TierConfig = Field(default_factory=TierConfig)
+    shard: ShardConfig = Field(default_factory=ShardConfig)
 
     @field_validator("stages")
     @classmethod

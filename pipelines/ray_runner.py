@@ -19,7 +19,7 @@ class RayRunner:
         self.address, self.num_cpus, self.part_retries = address, num_cpus, part_retries
         self._started_here = False
 
-    def _ensure_ray(self):
+    def ensure_ray(self):
         import ray
 
         if not ray.is_initialized():
@@ -34,7 +34,7 @@ class RayRunner:
         if stage.resources.actors > 0:
             self._map_with_actors(stage, todo)
             return
-        ray = self._ensure_ray()
+        ray = self.ensure_ray()
         task = ray.remote(run_part).options(**task_options(stage.resources, self.part_retries))
         refs = {task.remote(stage, part): part for part in todo}
         failed: dict[str, str] = {}
@@ -55,7 +55,7 @@ class RayRunner:
     def _map_with_actors(self, stage: MapStage, todo: list[Part]) -> None:
         """Model stages: Ray Data `map_batches` over the parts with an actor pool (model loaded once per
         actor); each actor runs whole parts, so outputs and done markers match the task path."""
-        ray = self._ensure_ray()
+        ray = self.ensure_ray()
         by_name = {p.name: p for p in todo}
         items = [{"index": p.index, "input": str(p.input_path), "stage_dir": str(p.stage_dir)} for p in todo]
         results = ray.data.from_items(items).map_batches(

@@ -10,12 +10,16 @@ import pyarrow.compute as pc
 
 from curate.dedup import run_dedup
 from curate.download import DownloadConfig, DownloadStage
-from curate.io import Part, read_column, read_json
+from curate.io import Part, atomic_write_json, read_column, read_json
+from curate.netguard import resolve_endpoints
 from curate.pool_input import split_input
+from curate.report.build import write_report, write_report_after_failure
 from curate.score import ScoreConfig, ScoreStage
 from curate.serve import PoolServer
+from curate.shard import ShardConfig, ShardError, ShardWriter, finish_subset, known_subsets, plan_subset
 from curate.stage import MapStage, write_stage_stats
-from curate.synth import SynthConfig, is_synthesized, serve_settings, synthesize, write_seed_pairs
+from curate.synth import SEED_SPLIT, SynthConfig, is_synthesized, serve_settings, synthesize, write_seed_pairs
+from curate.tier import run_tier
 from pipelines.config import FilterConfig, PipelineConfig, RunnerConfig, write_resolved
 from pipelines.runners import LocalRunner, PartsFailed
 
@@ -67,7 +71,16 @@ def run_download(cfg: DownloadConfig, out_dir: Path, runner, serve_dir: Path | N
     stage_dir = Path(out_dir).resolve() / "download"  # absolute: workers may run elsewhere
     parts = split_input(cfg, stage_dir)
     with serving(serve_dir):
-        return map_stage(DownloadStage(cfg), parts, runner, stage_dir)
+        return map_stage(DownloadStage(cfg, served_endpoints(serve_dir)), parts, runner, stage_dir)
+
+
+def served_endpoints(synth_dir: Path | None) -> frozenset[tuple[str, int]]:
+    """The loopback server curate starts for a synthetic pool is reachable whatever
+    download.allow_private_networks says (it serves only that pool's files)."""
+    if synth_dir is None:
+        return frozenset()
+    settings = serve_settings(synth_dir)
+    return resolve_endpoints(settings["host"], settings["port"])
 
 
 def run_filter(cfg: FilterConfig, out_dir: Path) -> dict:
@@ -77,7 +90,10 @@ def run_filter(cfg: FilterConfig, out_dir: Path) -> dict:
 
     filter_dir = Path(out_dir).resolve() / "filter"
     pairs = cfg.seed_pairs
-    if pairs is None:
+    synth_split = Path(out_dir).resolve() / "synth" / SEED_SPLIT  # synth.seed_split_fraction's rows
+    if pairs is None and (synth_split / "pairs.parquet").exists():
+        pairs = synth_split
+    elif pairs is None:
         pairs = filter_dir / "seed"
         if not (pairs / "pairs.parquet").exists():
             write_seed_pairs(cfg.seed_n, cfg.seed, pairs)
@@ -105,8 +121,45 @@ def run_score(cfg: ScoreConfig, out_dir: Path, runner) -> dict:
     return map_stage(stage, parts, runner, stage_dir, scored_rows=scored_rows)
 
 
-def run_pipeline(cfg: PipelineConfig, out_dir: Path) -> dict[str, dict]:
-    """Run `cfg.stages` in order; returns each stage's stats."""
+def dedup_shuffle(cfg, runner) -> dict:
+    """With `dedup.lsh_shuffle: ray`, the LSH buckets come from a Ray shuffle on the runner's cluster."""
+    if cfg.lsh_shuffle != "ray":
+        return {}
+    from pipelines.ray_lsh import ray_buckets
+
+    if hasattr(runner, "ensure_ray"):
+        runner.ensure_ray()
+    return {"buckets": ray_buckets}
+
+
+def run_shard(cfg: ShardConfig, out_dir: Path, runner) -> dict:
+    """Write every requested tier subset as WebDataset shards; a subset whose tars are done is skipped."""
+    run_dir = Path(out_dir).resolve()
+    subsets = cfg.subsets or known_subsets(run_dir)
+    if not subsets:
+        raise ShardError(f"{run_dir}/tier/subsets holds no subsets: run the tier stage first")
+    start, tar_index = time.time(), {}
+    manifests, failed = {}, {}
+    for subset in subsets:
+        parts, plan = plan_subset(run_dir, subset, cfg, tar_index)
+        try:
+            runner.map_parts(ShardWriter(), parts)
+        except PartsFailed as err:
+            failed.update({f"{subset}/{name}": error for name, error in err.failed.items()})
+            continue
+        manifests[subset] = finish_subset(run_dir, subset, parts, plan, cfg)
+    stats = {"subsets": {s: m["samples"] for s, m in manifests.items()},
+             "shards": {s: len(m["shards"]) for s, m in manifests.items()},
+             "missing_images": {s: m["missing_images"] for s, m in manifests.items()},
+             "failed_parts": sorted(failed), "wall_s": round(time.time() - start, 2)}
+    atomic_write_json(run_dir / "shards" / "stats.json", stats)
+    if failed:
+        raise PartsFailed("shard", failed)
+    return stats
+
+
+def run_pipeline(cfg: PipelineConfig, out_dir: Path, only: list[str] | None = None) -> dict[str, dict]:
+    """Run `cfg.stages` (or just `only`) in order; returns each stage's stats."""
     out_dir = Path(out_dir)
     write_resolved(cfg, out_dir)
     synth_dir = out_dir / "synth"
@@ -117,7 +170,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path) -> dict[str, dict]:
     runner = make_runner(cfg.runner)
     stats: dict[str, dict] = {}
     try:
-        for stage in cfg.stages:
+        for stage in only or cfg.stages:
             log.info("stage %s", stage)
             if stage == "synth":
                 stats[stage] = run_synth(cfg.synth, synth_dir)
@@ -128,7 +181,17 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path) -> dict[str, dict]:
             elif stage == "score":
                 stats[stage] = run_score(cfg.score, out_dir, runner)
             elif stage == "dedup":
-                stats[stage] = run_dedup(cfg.dedup, out_dir)
+                stats[stage] = run_dedup(cfg.dedup, out_dir, **dedup_shuffle(cfg.dedup, runner))
+            elif stage == "tier":
+                stats[stage] = run_tier(cfg.tier, out_dir)
+            elif stage == "shard":
+                stats[stage] = run_shard(cfg.shard, out_dir, runner)
+    except Exception:
+        if only is None:  # a whole run: show what exists, then fail as before
+            write_report_after_failure(out_dir)
+        raise
     finally:
         runner.close()
+    if only is None:
+        write_report(out_dir)
     return stats

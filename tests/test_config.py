@@ -54,7 +54,8 @@ def test_resolved_config_loads_again_and_records_provenance(tmp_path):
 
 def test_demo_config_is_valid():
     cfg = load_config("configs/demo.yaml")
-    assert cfg.stages == ["synth", "download", "filter", "score"] and cfg.runner.kind == "ray"
+    assert cfg.stages == ["synth", "download", "filter", "score", "dedup", "tier", "shard"]
+    assert cfg.runner.kind == "ray" and [s.name for s in cfg.tier.all_subsets()] == ["top20", "top40", "top60", "top80", "top100"]
 
 
 def test_shipped_train_config_is_valid():

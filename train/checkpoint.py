@@ -3,6 +3,7 @@ with `weights_only=True`. The file is also an open_clip `pretrained=` file (it h
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -10,12 +11,22 @@ import torch
 from train.models import create, model_config
 
 
-def save(path: Path, model, optimizer, step: int, model_name: str, train_config: dict) -> None:
+def plain_state_dict(model) -> dict:
+    """The model's weights under their own names, also while a strategy has parametrized some of them
+    (torch names those `<module>.parametrizations.<name>.original`)."""
+    return {re.sub(r"(^|\.)parametrizations\.([^.]+)\.original$", r"\1\2", k): v
+            for k, v in model.state_dict().items()}
+
+
+def save(path: Path, model, optimizer, step: int, model_name: str, train_config: dict,
+         strategy_state: dict | None = None) -> None:
+    """`strategy_state`: weights a strategy trains outside the CLIP model (SLIP's head); eval ignores them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model_name": model_name, "model_config": model_config(model_name), "train_config": train_config,
-             "step": step, "state_dict": model.state_dict(),
-             "optimizer": optimizer.state_dict() if optimizer is not None else None}
+             "step": step, "state_dict": plain_state_dict(model),
+             "optimizer": optimizer.state_dict() if optimizer is not None else None,
+             "strategy_state": strategy_state or {}}
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,6 +25,75 @@ class DataConfig(BaseModel):
         return self
 
 
+class AugmentConfig(BaseModel):
+    """Image augmentation of `clip_aug`: `crop_flip` (random resized crop + horizontal flip),
+    `randaugment` (crop_flip then RandAugment), `stacked_randaugment` (crop_flip, colour jitter and
+    grayscale, then RandAugment: SupCon's "Stacked RandAugment")."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["crop_flip", "randaugment", "stacked_randaugment"] = "crop_flip"
+    crop_scale_min: float = Field(0.5, gt=0, le=1, description="smallest crop, as a share of the image area")
+    randaugment_ops: int = Field(2, ge=1, le=14)
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+
+
+class ClipStrategy(BaseModel):
+    """Plain contrastive training (open_clip's train transform and ClipLoss)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["clip"] = "clip"
+
+
+class ClipAugStrategy(BaseModel):
+    """CLIP with stronger image augmentation."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["clip_aug"] = "clip_aug"
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class SlipStrategy(BaseModel):
+    """CLIP loss + SimCLR (NT-Xent) on two augmented views through an MLP head: three image passes per
+    sample, about 2-3x the cost of `clip` per sample."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["slip"] = "slip"
+    ssl_scale: float = Field(1.0, ge=0, description="weight of the SimCLR loss")
+    ssl_temperature: float = Field(0.1, gt=0)
+    head_hidden_dim: int = Field(512, ge=8)
+    head_out_dim: int = Field(128, ge=8)
+    view_crop_scale_min: float = Field(0.08, gt=0, le=1, description="SimCLR views' smallest crop")
+
+
+class FinetuneMixin(BaseModel):
+    finetune_samples: int = Field(0, ge=0, description="last samples of the budget, trained at full size")
+    finetune_lr_scale: float = Field(0.25, gt=0, description="finetune peak lr = lr x this")
+
+
+class FlipStrategy(FinetuneMixin):
+    """Random image-patch masking (open_clip's PatchDropout) while training, none in eval."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["flip"] = "flip"
+    mask_ratio: float = Field(0.5, gt=0, lt=1, description="share of image patches dropped (0.5 or 0.75)")
+
+
+class ClipaStrategy(FinetuneMixin):
+    """Pre-train at a lower resolution (fewer image tokens) and shorter text, then finetune at full size."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["clipa"] = "clipa"
+    image_size_px: int | None = Field(None, ge=8, description="pre-training resolution; none = half the "
+                                      "model's (a quarter of the image tokens)")
+    context_length: int = Field(8, ge=3, description="pre-training text tokens, start and end included")
+    text_policy: Literal["truncate", "content_words"] = Field(
+        "truncate", description="truncate, or drop function words first (keeps nouns and adjectives)")
+
+
+Strategy = Annotated[Union[ClipStrategy, ClipAugStrategy, SlipStrategy, FlipStrategy, ClipaStrategy],
+                     Field(discriminator="name")]
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = "tiny-vit-32"
@@ -42,12 +111,17 @@ class TrainConfig(BaseModel):
     grad_checkpointing: bool = False
     log_every_steps: int = Field(10, ge=1)
     checkpoint_every_steps: int = Field(200, ge=1)
+    strategy: Strategy = Field(default_factory=ClipStrategy, description="clip, clip_aug, slip, flip or clipa")
 
     @model_validator(mode="after")
     def _whole_batches(self) -> "TrainConfig":
         if self.samples_seen % self.batch_size:
             raise ValueError(f"samples_seen ({self.samples_seen}) must be a multiple of batch_size "
                              f"({self.batch_size}), so that every run sees exactly that many samples")
+        finetune = getattr(self.strategy, "finetune_samples", 0)
+        if finetune % self.batch_size or finetune >= self.samples_seen:
+            raise ValueError(f"strategy.finetune_samples ({finetune}) must be a multiple of batch_size "
+                             f"({self.batch_size}) and less than samples_seen ({self.samples_seen})")
         return self
 
     @property

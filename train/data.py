@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from curate.tars import safe_members
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -55,27 +57,31 @@ def shard_records(shards: list[Path], uids: set[str] | None = None) -> list[Reco
     with `uids`, only samples whose .json names one of them."""
     records = []
     for shard in shards:
-        samples: dict[str, dict[str, str]] = {}
+        samples: dict[str, dict[str, tarfile.TarInfo]] = {}
         with tarfile.open(shard) as tar:
-            for member in tar.getmembers():
-                if not member.isfile() or "." not in member.name:
+            for member in safe_members(tar):  # no `..`/absolute names; a truncated tar gives what precedes
+                if "." not in member.name:
                     continue
                 key, ext = member.name.split(".", 1)
-                samples.setdefault(key, {})[ext.lower()] = member.name
+                samples.setdefault(key, {})[ext.lower()] = member
             for key, files in samples.items():
                 image = next((files[e] for e in IMAGE_EXTS if e in files), None)
                 if uids is not None and ("json" not in files or _json_uid(tar, files["json"]) not in uids):
                     continue
                 if image and "txt" in files:
-                    caption = tar.extractfile(files["txt"]).read().decode("utf-8", "replace")
-                    records.append(Record(str(shard), image, caption))
+                    try:
+                        caption = tar.extractfile(files["txt"]).read().decode("utf-8", "replace")
+                    except tarfile.TarError as err:  # cut off by a truncated tar
+                        log.warning("skipping %s:%s (%s)", shard, key, err)
+                        continue
+                    records.append(Record(str(shard), image.name, caption))
     return records
 
 
-def _json_uid(tar: tarfile.TarFile, member: str) -> str | None:
+def _json_uid(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str | None:
     try:
         return json.loads(tar.extractfile(member).read()).get("uid")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, tarfile.TarError):
         return None
 
 
@@ -94,12 +100,20 @@ def resolve_shards(spec: str | Path) -> list[Path]:
     return shards
 
 
-def load_image(record: Record, tars: dict[str, tarfile.TarFile]) -> Image.Image:
+def _open_tar(path: str) -> tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]:
+    """The tar and its safe members by name (extracting by TarInfo never rescans a truncated tar)."""
+    tar = tarfile.open(path)
+    return tar, {m.name: m for m in safe_members(tar)}
+
+
+def load_image(record: Record, tars: dict[str, tuple[tarfile.TarFile, dict]]) -> Image.Image:
     if record.member is None:
         data = Path(record.image).read_bytes()
     else:
-        tar = tars.get(record.image) or tars.setdefault(record.image, tarfile.open(record.image))
-        data = tar.extractfile(record.member).read()
+        if record.image not in tars:
+            tars[record.image] = _open_tar(record.image)
+        tar, members = tars[record.image]
+        data = tar.extractfile(members[record.member]).read()
     with Image.open(io.BytesIO(data)) as im:
         return im.convert("RGB")
 
@@ -135,14 +149,15 @@ class PairStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        tars: dict[str, tarfile.TarFile] = {}
+        tars: dict[str, tuple[tarfile.TarFile, dict]] = {}
         for position, index in self.positions():
             if position % workers != worker:
                 continue
             record = self.records[index]
             try:
                 image = self.transform(load_image(record, tars))
-            except (OSError, UnidentifiedImageError, ValueError, tarfile.TarError, KeyError) as err:
+            except (OSError, UnidentifiedImageError, ValueError, tarfile.TarError, KeyError,
+                    Image.DecompressionBombError) as err:
                 log.warning("skipping undecodable sample %s:%s (%s)", record.image, record.member or "", err)
                 yield None
                 continue

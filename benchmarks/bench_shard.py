@@ -1,0 +1,172 @@
+"""Shard writing against a plain copy of the same bytes, and tiering a large score table.
+
+    python benchmarks/bench_shard.py [--n 20000] [--tier-rows 10000000] [--out benchmarks/results]
+
+- shard: plan + write every sample of a run's download tars (random-size JPEGs) as shuffled
+  WebDataset shards (image, caption, json), local runner;
+- copy: `shutil.copyfile` of the same download tars (the ceiling: the same bytes, no shuffle);
+  `ratio` = shard MB/s / copy MB/s (goal >= 0.5);
+- tier: the five standard tiers plus dedup_keep and a heuristic filter over a `--tier-rows` score
+  table, timed in a child process whose peak RSS is reported (goals: < 60 s, < 4 GB).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import emit  # noqa: E402
+
+PART_ROWS = 1_000_000
+
+
+def random_uids(n: int, rng):
+    """n distinct-looking 32-hex uids as an Arrow string array, built without Python strings."""
+    import binascii
+
+    import numpy as np
+    import pyarrow as pa
+
+    data = binascii.hexlify(rng.bytes(16 * n))
+    offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data))
+
+
+def make_download_run(root: Path, n: int, per_tar: int = 5000) -> float:
+    """A run dir with download tars of n JPEGs and score parts; returns the tars' total MB."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    tiles = [Image.fromarray(rng.integers(0, 255, (s, s, 3), dtype=np.uint8)) for s in (64, 96, 128, 160)]
+    blobs = []
+    for tile in tiles:
+        buf = io.BytesIO()
+        tile.save(buf, format="JPEG", quality=90)
+        blobs.append(buf.getvalue())
+    (root / "download" / "shards").mkdir(parents=True)
+    for stage in ("score", "download/_input"):
+        (root / stage).mkdir(parents=True, exist_ok=True)
+    uids = random_uids(n, rng).to_pylist()
+    for p, start in enumerate(range(0, n, per_tar)):
+        rows = []
+        with tarfile.open(root / "download" / "shards" / f"{p:05d}.tar", "w") as tar:
+            for i in range(start, min(n, start + per_tar)):
+                data = blobs[i % len(blobs)] + rng.bytes(int(rng.integers(0, 4096)))  # JPEG ignores a tail
+                key = f"{i:09d}"
+                info = tarfile.TarInfo(f"{key}.jpg")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+                rows.append({"uid": uids[i], "caption": f"picture number {i}", "status": "ok",
+                             "shard": f"shards/{p:05d}.tar", "key": key, "score_x": float(rng.random())})
+        table = pa.Table.from_pylist(rows)
+        pq.write_table(table.select(["uid", "status"]), root / "download" / "_input" / f"part-{p:05d}.parquet")
+        pq.write_table(table, root / "download" / f"part-{p:05d}.parquet")
+        pq.write_table(table, root / "score" / f"part-{p:05d}.parquet")
+    return sum(t.stat().st_size for t in (root / "download" / "shards").glob("*.tar")) / 1e6
+
+
+def time_shard(root: Path, n: int) -> float:
+    from curate.shard import ShardConfig
+    from curate.tier import TierConfig, run_tier
+    from pipelines.run import run_shard
+    from pipelines.runners import LocalRunner
+
+    run_tier(TierConfig(standard_fractions=[1.0]), root)
+    start = time.perf_counter()
+    stats = run_shard(ShardConfig(samples_per_shard=1000), root, LocalRunner())
+    assert stats["subsets"]["top100"] == n, stats
+    return time.perf_counter() - start
+
+
+def time_copy(root: Path) -> float:
+    dest = root / "copy"
+    dest.mkdir()
+    start = time.perf_counter()
+    for tar in sorted((root / "download" / "shards").glob("*.tar")):
+        shutil.copyfile(tar, dest / tar.name)
+    os.sync()
+    return time.perf_counter() - start
+
+
+def make_score_table(root: Path, rows: int) -> None:
+    """`rows` scored rows in 1M-row parts, their input parts and a dup.parquet."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(1)
+    for stage in ("score", "download/_input", "dedup"):
+        (root / stage).mkdir(parents=True, exist_ok=True)
+    dups = []
+    for p, start in enumerate(range(0, rows, PART_ROWS)):
+        n = min(PART_ROWS, rows - start)
+        uids = random_uids(n, rng)
+        status = pa.array(np.where(rng.random(n) < 0.9, "ok", "http_error"))
+        table = pa.table({"uid": uids, "status": status, "score_x": rng.random(n, dtype=np.float32),
+                          "caption_words": rng.integers(0, 30, n, dtype=np.int32),
+                          "caption_boilerplate": rng.random(n) < 0.05})
+        pq.write_table(table.select(["uid", "status"]), root / "download" / "_input" / f"part-{p:05d}.parquet")
+        pq.write_table(table, root / "score" / f"part-{p:05d}.parquet")
+        keep = rng.random(n) < 0.8
+        dups.append(pa.table({"uid": uids, "dup_keep": keep,
+                              "dup_reason": pa.array(np.where(keep, None, "near_caption"), pa.string())}))
+    pq.write_table(pa.concat_tables(dups), root / "dedup" / "dup.parquet")
+
+
+def tier_child(root: Path) -> None:
+    """Run in a child process: tier the table and print the wall seconds."""
+    from curate.tier import TierConfig, run_tier
+    from curate.tier_rules import DedupKeep, Equals, Threshold
+
+    start = time.perf_counter()
+    counts = run_tier(TierConfig(base=[DedupKeep(), Equals(column="caption_boilerplate", value=False),
+                                       Threshold(column="caption_words", min=2)], holdout_fraction=0.01), root)
+    print(time.perf_counter() - start, counts["subsets"]["top20"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=20000, help="samples sharded")
+    parser.add_argument("--tier-rows", type=int, default=10_000_000)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--tier-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.tier_child:
+        tier_child(args.tier_child)
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="bench-shard-"))
+    try:
+        mb = make_download_run(work / "run", args.n)
+        copy_s = time_copy(work / "run")
+        shard_s = time_shard(work / "run", args.n)
+        shutil.rmtree(work / "run")
+        make_score_table(work / "table", args.tier_rows)
+        child = subprocess.run([sys.executable, __file__, "--tier-child", str(work / "table")],
+                               capture_output=True, text=True, check=True)
+        tier_s = float(child.stdout.split()[0])
+        tier_rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    emit({"samples": args.n, "mb": round(mb, 1),
+          "shard_mb_per_s": round(mb / shard_s, 1), "shard_samples_per_s": round(args.n / shard_s, 1),
+          "copy_mb_per_s": round(mb / copy_s, 1), "ratio": round(copy_s / shard_s, 3),
+          "tier_rows": args.tier_rows, "tier_wall_s": round(tier_s, 1), "tier_peak_rss_gb": round(tier_rss_gb, 2)},
+         args.out, "bench_shard")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Training curves (metrics.jsonl under train/ and filter/) and the comparison table with 95% intervals
+(results.csv from `curate compare`; whatever columns it has)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.csv as pacsv
+
+from curate.report import plots
+from curate.report.html import fmt, img, missing, note, table
+from curate.report.runfiles import read_json, read_jsonl
+
+MAX_CURVES = 24
+MAX_TABLE_ROWS = 200
+MAX_METRICS = 6
+CELL_KEYS = ("subset", "strategy", "model", "regime")
+NOT_METRICS = {"seed", "subset_size", "samples_seen", "wall_s", "samples_per_s", "steps", "records", "skipped"}
+# two-sided 95% Student t quantiles by degrees of freedom (1.96 beyond 30)
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def interval95(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the mean with its Student-t 95% interval (a single value has none)."""
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, mean, mean
+    t = T95[len(x) - 2] if len(x) - 1 <= len(T95) else 1.96
+    half = t * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return mean, mean - half, mean + half
+
+
+def training_runs(run_dir: Path) -> dict[str, Path]:
+    run_dir = Path(run_dir)
+    found = sorted((run_dir / "train").glob("**/metrics.jsonl"))
+    if (run_dir / "filter" / "metrics.jsonl").exists():
+        found.insert(0, run_dir / "filter" / "metrics.jsonl")
+    return {str(p.parent.relative_to(run_dir)): p for p in found}
+
+
+def curves(run_dir: Path) -> str:
+    runs = training_runs(run_dir)
+    if not runs:
+        return missing("No training ran in this run directory (no metrics.jsonl under train/ or filter/).")
+    series, rows = {}, []
+    for name, path in list(runs.items())[:MAX_CURVES]:
+        lines = [r for r in read_jsonl(path) if "loss" in r]
+        if lines:
+            series[name] = (np.array([r.get("samples", r.get("step", 0)) for r in lines]),
+                            np.array([r["loss"] for r in lines]))
+        summary = read_json(path.parent / "summary.json") or {}
+        rows.append([name, summary.get("model", ""), summary.get("samples_seen", lines[-1].get("samples") if lines else ""),
+                     summary.get("samples_per_s", ""), summary.get("wall_s", ""),
+                     "finished" if summary else "in progress"])
+    body = [img(plots.curves(series, "samples seen", "contrastive loss"), "training loss curves")] if series else []
+    body.append(table(["run", "model", "samples seen", "samples/s", "wall s", "state"], rows))
+    if len(runs) > MAX_CURVES:
+        body.append(note(f"{len(runs) - MAX_CURVES} more runs not shown."))
+    return "".join(body)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))
+
+
+def comparison(run_dir: Path) -> str:
+    path = Path(run_dir) / "results.csv"
+    if not path.exists():
+        return missing("No comparison yet (results.csv from `curate compare`).")
+    records = pacsv.read_csv(path).to_pylist()
+    if not records:
+        return missing("results.csv has no rows yet.")
+    columns = list(records[0])
+    failed = [r for r in records if r.get("error") or r.get("status") == "failed"]
+    good = [r for r in records if r not in failed]
+    keys = [k for k in CELL_KEYS if k in columns]
+    metrics = [c for c in columns if c not in NOT_METRICS and c not in keys
+               and any(_is_number(r.get(c)) for r in good)][:MAX_METRICS]
+    cells: dict[str, dict[str, list[float]]] = {}
+    for r in good:
+        label = " / ".join(str(r[k]) for k in keys) or "all"
+        for m in metrics:
+            if _is_number(r.get(m)):
+                cells.setdefault(m, {}).setdefault(label, []).append(float(r[m]))
+    body = []
+    summary_rows = []
+    panels = {}
+    for m in metrics:
+        panel = []
+        for label, values in cells.get(m, {}).items():
+            mean, lo, hi = interval95(values)
+            panel.append((label, mean, lo, hi, len(values)))
+            summary_rows.append([m, label, len(values), fmt(mean), f"[{fmt(lo)}, {fmt(hi)}]"])
+        if panel:
+            panels[m] = panel
+    if panels:
+        body.append(img(plots.intervals(panels), "comparison with 95% intervals"))
+        body.append(table(["metric", "cell (" + " / ".join(keys) + ")", "runs", "mean", "95% interval"], summary_rows))
+    else:
+        body.append(missing("results.csv has no numeric metric columns to compare."))
+    if failed:
+        body.append(note(f"{len(failed)} run(s) failed and are left out of the means."))
+    shown = records[:MAX_TABLE_ROWS]
+    body.append(f"<h3>results.csv ({len(records):,} rows)</h3>")
+    body.append(table(columns, [[r.get(c) for c in columns] for r in shown]))
+    if len(records) > MAX_TABLE_ROWS:
+        body.append(note(f"first {MAX_TABLE_ROWS} rows shown"))
+    return "".join(body)

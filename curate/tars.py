@@ -1,0 +1,47 @@
+"""Reading tars that may be damaged or hostile: only regular files with plain relative names, and a
+truncated tar yields what precedes the damage instead of raising. Nothing is ever extracted to disk."""
+from __future__ import annotations
+
+import logging
+import tarfile
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+
+def safe_name(name: str) -> bool:
+    """A relative POSIX name without `..`, NUL or backslashes (WebDataset keys never need them)."""
+    path = PurePosixPath(name)
+    return bool(name) and not path.is_absolute() and ".." not in path.parts and not any(c in name for c in "\\\0")
+
+
+def _safe(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    for member in tar:
+        if member.isfile() and safe_name(member.name):
+            yield member
+        elif member.isfile() or member.issym() or member.islnk():
+            log.warning("%s: skipping member %r (absolute, `..` or link)", tar.name, member.name)
+
+
+def safe_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """Regular-file members with safe names, in order; stops with a warning where the tar is damaged."""
+    try:
+        yield from _safe(tar)
+    except (tarfile.TarError, EOFError) as err:
+        log.warning("%s is damaged (%s); reading only what precedes it", tar.name, err)
+
+
+def read_files(path: Path, wanted: Callable[[str], bool]) -> tuple[dict[str, bytes], str | None]:
+    """({member name: bytes} of the safe members `wanted` accepts, the damage found or None).
+    A missing file raises FileNotFoundError: that is not damage inside a tar but no tar at all."""
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path) as tar:
+            for member in _safe(tar):
+                if wanted(member.name):
+                    files[member.name] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError) as err:
+        log.warning("%s is damaged (%s); kept the %d members before it", path, err, len(files))
+        return files, f"{type(err).__name__}: {err}"
+    return files, None

@@ -1,0 +1,285 @@
+"""The tier stage: scores, heuristics and dedup marks -> named subsets as sorted uid lists.
+
+Score once, select many: tiering reads columns the earlier stages wrote and never runs a model, so a
+new threshold costs seconds. Every input uid is accounted for in every subset: in it, or dropped with
+exactly one first reason (its row status, `holdout`, or the first rule it fails)."""
+from __future__ import annotations
+
+import binascii
+import io
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from curate.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet, fingerprint, list_parts, read_json
+from curate.schema import STATUS, UID, Status
+from curate.tier_rules import DedupKeep, Rule, SubsetConfig, TopFraction, evaluate, rule_columns
+
+log = logging.getLogger(__name__)
+
+NOT_DOWNLOADED = "not_downloaded"  # the part's download output is missing (a failed part)
+NOT_SCORED = "not_scored"  # downloaded, but the part's score output is missing
+HOLDOUT = "holdout"
+
+
+class TierError(ValueError):
+    """A tier config that cannot run on this run directory; the message says what to change."""
+
+
+class TierConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    score_column: str | None = Field(None, description="column for top_fraction rules; default: the first score_*")
+    base: list[Rule] = Field(default_factory=list, description="rules every subset applies first (dedup, basic filters)")
+    standard_fractions: list[float] = Field(
+        default_factory=lambda: [0.2, 0.4, 0.6, 0.8, 1.0],
+        description="the paper's tiers: subsets topNN = base rules + top NN% by score_column")
+    subsets: list[SubsetConfig] = Field(default_factory=list, description="further named subsets")
+    holdout_fraction: float = Field(0.0, ge=0, lt=1, description="uids held out of every subset for evaluation")
+    holdout_seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "TierConfig":
+        for f in self.standard_fractions:
+            if not 0 < f <= 1:
+                raise ValueError(f"standard_fractions: {f} is outside (0, 1]")
+        names = [s.name for s in self.all_subsets()]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"subset names must be unique; repeated: {repeated}")
+        return self
+
+    def all_subsets(self) -> list[SubsetConfig]:
+        standard = [SubsetConfig(name=f"top{round(f * 100)}", rules=[TopFraction(fraction=f)])
+                    for f in self.standard_fractions]
+        return standard + list(self.subsets)
+
+
+def _sources(run_dir: Path) -> list[tuple[Path, str | None]]:
+    """Per input part, the latest stage output that holds it, and the status its missing rows get."""
+    inputs = list_parts(run_dir / "download" / "_input")
+    if not inputs:
+        raise TierError(f"{run_dir}/download/_input holds no parts: run the download stage first")
+    has_score = (run_dir / "score").is_dir()
+    sources = []
+    for inp in inputs:
+        score, download = run_dir / "score" / inp.name, run_dir / "download" / inp.name
+        if score.exists():
+            sources.append((score, None))
+        elif download.exists():
+            sources.append((download, NOT_SCORED if has_score else None))
+        else:
+            sources.append((inp, NOT_DOWNLOADED))
+    return sources
+
+
+def read_pool(run_dir: Path, columns: list[str]) -> pa.Table:
+    """uid, status and `columns` for every input row, in input order; a column a part lacks is null."""
+    tables = []
+    for path, missing_status in _sources(run_dir):
+        names = set(pq.read_schema(path).names)
+        t = pq.read_table(path, columns=[UID, STATUS] + [c for c in columns if c in names])
+        status = t.column(STATUS)
+        if missing_status == NOT_SCORED:
+            t = t.set_column(1, STATUS, pc.if_else(pc.fill_null(pc.equal(status, Status.OK), False), NOT_SCORED, status))
+        elif missing_status == NOT_DOWNLOADED:  # input rows: null status = was still to download
+            t = t.set_column(1, STATUS, pc.fill_null(status, NOT_DOWNLOADED))
+        for c in columns:
+            if c not in names:
+                t = t.append_column(c, pa.nulls(t.num_rows))
+        tables.append(t.select([UID, STATUS, *columns]))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def available_columns(run_dir: Path) -> list[str]:
+    names: set[str] = set()
+    for path, _ in _sources(run_dir):
+        names |= set(pq.read_schema(path).names)
+    return sorted(names)
+
+
+def _join_dedup(run_dir: Path, uids: pa.ChunkedArray) -> dict[str, np.ndarray]:
+    path = run_dir / "dedup" / "dup.parquet"
+    if not path.exists():
+        raise TierError(f"a dedup_keep rule needs {path}: add dedup to the run's stages")
+    dup = pq.read_table(path, columns=[UID, "dup_keep", "dup_reason"])
+    rows = pc.index_in(uids, dup.column(UID))  # first occurrence of each uid
+    keep = dup.column("dup_keep").take(rows)
+    reason = pc.binary_join_element_wise(pa.scalar("duplicate_"), dup.column("dup_reason").take(rows), "")
+    return {"dup_keep": pc.fill_null(keep, False).to_numpy(zero_copy_only=False),
+            "dup_drop_reason": pc.fill_null(reason, "not_deduplicated")}
+
+
+def _as_numpy(column: pa.ChunkedArray) -> np.ndarray:
+    """Numbers as float64 with NaN for null; anything else as an object array with None."""
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_null(column.type):
+        return pc.fill_null(column.cast(pa.float64()), np.nan).to_numpy()
+    return column.to_numpy(zero_copy_only=False)
+
+
+def uid_halves(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """(n, 2) uint64: each uid's two 16-hex halves, straight from Arrow's buffers (no Python strings)."""
+    arr = uids.combine_chunks() if isinstance(uids, pa.ChunkedArray) else uids
+    if len(arr) == 0:
+        return np.zeros((0, 2), dtype=np.uint64)
+    if arr.null_count or not pc.all(pc.equal(pc.binary_length(arr), 32)).as_py():
+        raise ValueError("uids must be 32 hex characters")
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
+    hex_bytes = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].tobytes()
+    return np.frombuffer(binascii.unhexlify(hex_bytes), dtype=">u8").reshape(-1, 2).astype(np.uint64)
+
+
+def holdout_mask(uids: pa.ChunkedArray, fraction: float, seed: int) -> np.ndarray:
+    """A fixed pseudo-random `fraction` of uids, from the uid's own bits mixed with the seed."""
+    if fraction <= 0:
+        return np.zeros(len(uids), dtype=bool)
+    x = uid_halves(uids)[:, 0] ^ np.uint64((seed * 0x9E3779B97F4A7C15) % 2**64)
+    x = (x ^ (x >> np.uint64(31))) * np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(29)
+    return (x >> np.uint64(11)).astype(np.float64) / 2.0**53 < fraction
+
+
+def uids_to_npy(sorted_uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """DataComp's subset format: a sorted array of (u8, u8), the two 16-hex halves of each uid.
+    Sorted hex strings of one length are in numeric order, so the input order is kept."""
+    halves = uid_halves(sorted_uids)
+    out = np.empty(len(halves), dtype=np.dtype("u8,u8"))
+    out["f0"], out["f1"] = halves[:, 0], halves[:, 1]
+    return out
+
+
+def npy_to_uids(array: np.ndarray) -> list[str]:
+    return [f"{int(a):016x}{int(b):016x}" for a, b in zip(array["f0"], array["f1"])]
+
+
+class _Reasons:
+    """Per-row first drop reason as small integer codes (0 = still in the subset)."""
+
+    def __init__(self, n: int):
+        self.names: list[str] = [""]
+        self.codes = np.zeros(n, dtype=np.int32)
+
+    def _code(self, name: str) -> int:
+        if name not in self.names:
+            self.names.append(name)
+        return self.names.index(name)
+
+    def drop(self, fails: np.ndarray, reason: str | pa.ChunkedArray) -> None:
+        """Rows that fail and are still in get `reason` (one string, or an Arrow string per row)."""
+        rows = np.flatnonzero(fails & (self.codes == 0))
+        if isinstance(reason, str):
+            self.codes[rows] = self._code(reason)
+            return
+        encoded = pc.dictionary_encode(reason.take(pa.array(rows))).combine_chunks()
+        codes = np.array([self._code(v) for v in encoded.dictionary.to_pylist()] or [0], dtype=np.int32)
+        self.codes[rows] = codes[encoded.indices.to_numpy(zero_copy_only=False)]
+
+    def column(self) -> pa.Array:
+        indices = pa.array(np.maximum(self.codes - 1, 0), mask=self.codes == 0)
+        return pa.DictionaryArray.from_arrays(indices, pa.array(self.names[1:], pa.string()))
+
+    def counts(self) -> dict[str, int]:
+        found = np.bincount(self.codes, minlength=len(self.names))
+        return {self.names[i]: int(c) for i, c in enumerate(found) if i and c}
+
+
+def _identity(cfg: TierConfig, run_dir: Path) -> str:
+    markers = sorted((run_dir / "score" / "_done").glob("*.json")) + sorted((run_dir / "download" / "_done").glob("*.json"))
+    dedup = run_dir / "dedup" / "_done.json"
+    return fingerprint(cfg.model_dump(mode="json"), [read_json(p) for p in markers],
+                       read_json(dedup) if dedup.exists() else None)
+
+
+def _columns_needed(cfg: TierConfig, run_dir: Path) -> tuple[str, list[str]]:
+    names = available_columns(run_dir)
+    score_column = cfg.score_column or next((c for c in names if c.startswith("score_")), None)
+    rules = [*cfg.base, *(r for s in cfg.all_subsets() for r in s.rules)]
+    needed: list[str] = []
+    for rule in rules:
+        if isinstance(rule, TopFraction) and (rule.column or score_column) is None:
+            raise TierError("a top_fraction rule needs a score column, and this run has none: run the score "
+                            "stage, or set tier.standard_fractions: [] and give subsets without top_fraction")
+        for col in rule_columns(rule, score_column):
+            if col.startswith("dup_"):
+                continue
+            if col not in names:
+                raise TierError(f"tier rule column {col!r} is not in this run's columns: {names}")
+            if col not in needed:
+                needed.append(col)
+    return score_column, needed
+
+
+def run_tier(cfg: TierConfig, run_dir: Path) -> dict:
+    """Write tier/subsets/<name>.parquet|.npy, thresholds.json, counts.json and accounting.parquet."""
+    run_dir = Path(run_dir)
+    out_dir = run_dir / "tier"
+    identity = _identity(cfg, run_dir)
+    done = out_dir / "_done.json"
+    if done.exists() and read_json(done).get("identity") == identity and (out_dir / "counts.json").exists():
+        log.info("tier: %s is up to date", out_dir)
+        return read_json(out_dir / "counts.json")
+    start = time.time()
+    score_column, needed = _columns_needed(cfg, run_dir)
+    pool = read_pool(run_dir, needed)
+    input_rows = pool.num_rows
+    pool = pool.filter(pc.fill_null(pc.not_equal(pool.column(STATUS), Status.DUPLICATE_UID), True))
+    pool = pool.take(pc.sort_indices(pool.column(UID)))  # sorted once: every subset comes out sorted
+    uids = pool.column(UID)
+    columns = {c: _as_numpy(pool.column(c)) for c in needed}
+    rules = [*cfg.base, *(r for s in cfg.all_subsets() for r in s.rules)]
+    if any(isinstance(r, DedupKeep) for r in rules):
+        columns.update(_join_dedup(run_dir, uids))
+    status = pc.fill_null(pool.column(STATUS), NOT_DOWNLOADED)
+    scored = pc.equal(status, Status.OK).to_numpy(zero_copy_only=False)
+    holdout = holdout_mask(uids, cfg.holdout_fraction, cfg.holdout_seed)
+
+    subsets_dir = out_dir / "subsets"
+    subsets_dir.mkdir(parents=True, exist_ok=True)
+    accounting = {UID: uids}
+    counts: dict = {"input_rows": input_rows, "uids": pool.num_rows, "duplicate_uid_rows": input_rows - pool.num_rows,
+                    "holdout": int(holdout.sum()), "subsets": {}, "drops": {}}
+    thresholds: dict[str, dict[str, float]] = {}
+    written = set()
+    for subset in cfg.all_subsets():
+        reasons = _Reasons(pool.num_rows)
+        reasons.drop(~scored, status)
+        reasons.drop(holdout, HOLDOUT)
+        thresholds[subset.name] = {}
+        for rule in [*(cfg.base if subset.base else []), *subset.rules]:
+            passes, reason, cut = evaluate(rule, columns, scored, score_column)
+            reasons.drop(~passes, reason)
+            if cut is not None:
+                thresholds[subset.name][rule_columns(rule, score_column)[0]] = cut
+        kept_uids = uids.filter(pa.array(reasons.codes == 0)).combine_chunks()
+        if len(kept_uids) == 0:
+            log.warning("tier: subset %r selects nothing; writing it empty (drops: %s)", subset.name, reasons.counts())
+        written |= write_subset(subsets_dir, subset.name, kept_uids)
+        accounting[f"drop_{subset.name}"] = reasons.column()
+        counts["subsets"][subset.name] = len(kept_uids)
+        counts["drops"][subset.name] = reasons.counts()
+    for stale in subsets_dir.iterdir():
+        if stale.name not in written and stale.suffix in (".parquet", ".npy"):
+            stale.unlink()
+    if cfg.holdout_fraction > 0:
+        atomic_write_parquet(out_dir / "holdout.parquet", pa.table({UID: uids.filter(pa.array(holdout)).combine_chunks()}))
+    atomic_write_parquet(out_dir / "accounting.parquet", pa.table(accounting))
+    atomic_write_json(out_dir / "thresholds.json", thresholds)
+    counts["wall_s"] = round(time.time() - start, 2)
+    atomic_write_json(out_dir / "counts.json", counts)
+    atomic_write_json(done, {"identity": identity})
+    log.info("tier: %s", counts["subsets"])
+    return counts
+
+
+def write_subset(subsets_dir: Path, name: str, sorted_uids: pa.Array) -> set[str]:
+    """`<name>.parquet` (a uid column) and DataComp's `<name>.npy`; returns the file names."""
+    atomic_write_parquet(subsets_dir / f"{name}.parquet", pa.table({UID: sorted_uids}))
+    buf = io.BytesIO()
+    np.save(buf, uids_to_npy(sorted_uids))
+    atomic_write_bytes(subsets_dir / f"{name}.npy", buf.getvalue())
+    return {f"{name}.parquet", f"{name}.npy"}

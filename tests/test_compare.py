@@ -1,0 +1,144 @@
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from curate.scenes import describe, encode, random_scene, render
+from pipelines.config import ConfigError, load_config
+from tests.test_train import _pairs_dir
+from train.compare import LEADING, CompareConfig, compare, t_interval
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shards(out: Path, n: int, seed: int) -> Path:
+    """A subset folder as the shard stage writes it: <uid>.jpg/.txt/.json samples, sizes.json, manifest.json."""
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True)
+    with wds.TarWriter(str(out / "00000.tar")) as sink:
+        for i in range(n):
+            scene, uid = random_scene(rng), f"{seed:016x}{i:016x}"
+            sink.write({"__key__": uid, "jpg": encode(render(scene, rng, 40, 40)), "txt": describe(scene),
+                        "json": {"uid": uid}})
+    (out / "sizes.json").write_text(json.dumps({"00000.tar": n}))
+    (out / "manifest.json").write_text(json.dumps({"subset": out.name, "samples": n,
+                                                   "shards": [{"name": "00000.tar", "samples": n, "sha256": ""}]}))
+    return out
+
+
+def _config(eval_pairs: Path, **kw) -> CompareConfig:
+    base = {"grids": {"main": {"subsets": ["big", "tiny"], "seeds": [0],
+                               "strategies": {"clip": {"name": "clip"}, "flip": {"name": "flip"}},
+                               "regimes": ["equal_samples", "one_pass"]}},
+            "samples_seen": 32,
+            "train": {"batch_size": 16, "warmup_steps": 1, "log_every_steps": 1, "data": {"workers": 0}},
+            "eval_sets": [{"name": "heldout", "pairs": str(eval_pairs), "class_columns": ["shape"]}]}
+    return CompareConfig.model_validate({**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def eval_pairs(tmp_path_factory):
+    return _pairs_dir(tmp_path_factory.mktemp("eval"), n=24, seed=9)
+
+
+def _read(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_writes_results_and_summary_records_failures_and_resumes(eval_pairs, tmp_path, monkeypatch):
+    _shards(tmp_path / "shards" / "big", 40, seed=1)
+    _shards(tmp_path / "shards" / "tiny", 8, seed=2)
+    compare(_config(eval_pairs), tmp_path)
+
+    rows = _read(tmp_path / "results.csv")
+    assert list(rows[0])[:len(LEADING)] == LEADING
+    assert [(r["subset"], r["strategy"], r["regime"]) for r in rows] == [
+        (s, st, rg) for s in ("big", "tiny") for st in ("clip", "flip") for rg in ("equal_samples", "one_pass")]
+    big, tiny = rows[:4], rows[4:]
+    assert all(r["status"] == "ok" and r["error"] == "" and r["subset_size"] == "40" for r in big)
+    assert [r["samples_seen"] for r in big] == ["32", "32", "32", "32"]  # one pass of 40 = two whole batches
+    assert all(0 <= float(r["heldout/retrieval/i2t/r1"]) <= 1 and r["heldout/n"] == "24" for r in big)
+    assert all(r["status"] == "failed" and "fewer than one batch (16)" in r["error"] for r in tiny)
+
+    summary = _read(tmp_path / "summary.csv")
+    assert len(summary) == 8 and summary[0]["seeds_ok"] == "1" and summary[4]["seeds_failed"] == "1"
+    assert summary[0]["heldout/retrieval/i2t/r1/ci95"] == ""  # one seed: no interval
+    assert float(summary[0]["heldout/retrieval/i2t/r1/mean"]) == float(big[0]["heldout/retrieval/i2t/r1"])
+
+    trained = []
+    monkeypatch.setattr("train.train.train", lambda cfg, out: trained.append(out) or 1 / 0)
+    compare(_config(eval_pairs), tmp_path)
+    assert trained == []  # finished cells are kept; the failed ones fail before training again
+    assert _read(tmp_path / "results.csv") == rows
+
+
+def test_a_missing_eval_set_and_a_crashing_cell_are_rows_and_the_grid_goes_on(eval_pairs, tmp_path, monkeypatch):
+    _shards(tmp_path / "shards" / "big", 16, seed=1)
+    cfg = _config(eval_pairs, eval_sets=[{"name": "gone", "pairs": str(tmp_path / "nowhere")}],
+                  grids={"g": {"subsets": ["big", "absent"], "regimes": ["one_pass"]}})
+    rows = compare(cfg, tmp_path)
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert "eval set gone" in rows[0]["error"] and "no shards" in rows[1]["error"]
+    assert not (tmp_path / "train" / "big__clip__tiny-vit-32__s0__one_pass" / "checkpoint.pt").exists()
+
+    import train.train as train_module
+
+    real_train = train_module.train
+
+    def crash_on_big(cfg, out):
+        if Path(out).name.startswith("big__"):
+            raise RuntimeError("boom")
+        return real_train(cfg, out)
+
+    monkeypatch.setattr(train_module, "train", crash_on_big)
+    _shards(tmp_path / "shards" / "big2", 16, seed=3)
+    rows = compare(_config(eval_pairs, grids={"g": {"subsets": ["big", "big2"], "regimes": ["one_pass"]}}), tmp_path)
+    assert [r["status"] for r in rows] == ["failed", "ok"] and rows[0]["error"] == "RuntimeError: boom"
+
+
+def test_compare_config_is_checked_before_any_work(eval_pairs):
+    with pytest.raises(ValueError, match="set per cell by the grid"):
+        _config(eval_pairs, train={"seed": 3})
+    with pytest.raises(ValueError, match="multiple of train.batch_size"):
+        _config(eval_pairs, samples_seen=20)
+    with pytest.raises(ValueError, match="names two different configs"):
+        from train.compare import cells
+
+        cells(_config(eval_pairs, grids={
+            "a": {"subsets": ["x"], "strategies": {"aug": {"name": "clip_aug"}}},
+            "b": {"subsets": ["x"], "strategies": {"aug": {"name": "clip_aug", "augment": {"kind": "randaugment"}}}}}))
+    cfg = load_config(REPO / "configs" / "compare" / "emoji.yaml", schema=CompareConfig)
+    assert cfg.pipeline is not None and len(cfg.grids) >= 1 and min(len(g.seeds) for g in cfg.grids.values()) >= 3
+    with pytest.raises(ConfigError, match="grids"):
+        load_config(REPO / "configs" / "compare" / "emoji.yaml", ["grids.tiers.seeds=[]"], schema=CompareConfig)
+
+
+def test_t_interval_matches_the_textbook_value():
+    mean, half = t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6)
+    assert t_interval([5.0]) == (5.0, None)
+
+
+@pytest.mark.slow
+def test_compare_runs_the_real_pipeline_then_the_grid(eval_pairs, tmp_path):
+    """synth -> download -> filter -> score -> dedup -> tier -> shard, then 2 subsets x 2 strategies x 1 seed."""
+    pipeline = {"stages": ["synth", "download", "filter", "score", "dedup", "tier", "shard"],
+                "runner": {"kind": "local"}, "synth": {"n": 300, "seed": 0, "hang_s": 2},
+                "download": {"rows_per_part": 150, "timeout_s": 2},
+                "filter": {"seed_n": 200, "samples_seen": 256, "batch_size": 64, "workers": 0},
+                "dedup": {"images": False},
+                "tier": {"base": [{"kind": "dedup_keep"}], "standard_fractions": [0.3, 1.0]},
+                "shard": {"samples_per_shard": 64}}
+    cfg = _config(eval_pairs, pipeline=pipeline, samples_seen=64,
+                  grids={"g": {"subsets": ["top30", "top100"], "regimes": ["equal_samples"],
+                               "strategies": {"clip": {"name": "clip"}, "clipa": {"name": "clipa", "context_length": 8}}}})
+    rows = compare(cfg, tmp_path)
+    assert [(r["subset"], r["strategy"], r["status"]) for r in rows] == [
+        ("top30", "clip", "ok"), ("top30", "clipa", "ok"), ("top100", "clip", "ok"), ("top100", "clipa", "ok")]
+    sizes = {r["subset"]: r["subset_size"] for r in rows}
+    assert 0 < sizes["top30"] < sizes["top100"] <= 300
+    assert len(_read(tmp_path / "summary.csv")) == 4

@@ -1,0 +1,247 @@
+"""`curate compare`: train a grid of subsets x strategies x models x seeds on a run's tier shards, in two
+regimes (every subset gets the same samples seen; or each subset is seen once), evaluate every cell on
+the config's eval sets, and tabulate results with 95% intervals over seeds.
+
+DIR/results.csv has one row per cell, DIR/summary.csv one row per (subset, strategy, model, regime).
+A cell's row lives in DIR/train/<cell>/result.json: a finished cell is never trained again; a failed one
+(any exception: a subset smaller than one batch, a missing eval set, ...) is recorded with its error and
+retried on the next run, and the other cells still run."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from curate.io import atomic_write_bytes, atomic_write_json
+from pipelines.config import PipelineConfig
+from train.config import ClipStrategy, Strategy, TrainConfig
+
+log = logging.getLogger(__name__)
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+GRID_KEYS = ("model", "seed", "samples_seen", "strategy")  # set per cell, not in `train`
+LEADING = ["subset", "subset_size", "strategy", "model", "seed", "regime", "samples_seen", "wall_s",
+           "samples_per_s", "status", "error"]
+GROUP = ["subset", "subset_size", "strategy", "model", "regime", "samples_seen", "seeds_ok", "seeds_failed"]
+SUMMARIZED_LEAVES = ("top1", "top5", "r1", "r5", "r10")
+
+
+class EvalSet(BaseModel):
+    """A pairs directory (pairs.parquet: path, caption, class columns), as `curate eval` takes it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME, description="prefix of its result columns")
+    pairs: Path
+    class_columns: list[str] = Field(default_factory=list)
+    where: dict[str, str] = Field(default_factory=dict, description="rows where column == value, e.g. vendor")
+
+
+class Grid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subsets: list[str] = Field(min_length=1, description="folders of DIR/shards/ (tier subsets)")
+    strategies: dict[str, Strategy] = Field(default_factory=lambda: {"clip": ClipStrategy()},
+                                            description="label -> strategy config")
+    models: list[str] = Field(default_factory=lambda: ["tiny-vit-32"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    regimes: list[Literal["equal_samples", "one_pass"]] = Field(
+        default_factory=lambda: ["equal_samples", "one_pass"], min_length=1)
+
+    @field_validator("subsets", "strategies")
+    @classmethod
+    def _names(cls, value):
+        bad = [n for n in value if not re.match(NAME, n)]
+        if bad:
+            raise ValueError(f"{bad}: names are letters, digits, '_', '.', '-'")
+        return value
+
+
+class CompareConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "compare"
+    pipeline: PipelineConfig | None = Field(None, description="run first into DIR (resumes); none = DIR/shards exists")
+    grids: dict[str, Grid] = Field(min_length=1, description="named grids; their cells are run in order, once each")
+    samples_seen: int = Field(ge=1, description="the equal_samples regime's budget, the same for every subset")
+    train: dict[str, Any] = Field(default_factory=dict, description="train config keys shared by every cell")
+    eval_sets: list[EvalSet] = Field(min_length=1)
+
+    @field_validator("train")
+    @classmethod
+    def _train_keys(cls, train: dict) -> dict:
+        owned = [k for k in GRID_KEYS if k in train] + [f"data.{k}" for k in ("pairs", "shards", "uids")
+                                                         if k in train.get("data", {})]
+        if owned:
+            raise ValueError(f"train: {owned} are set per cell by the grid; remove them")
+        TrainConfig.model_validate({**train, "data": {**train.get("data", {}), "shards": "."}})
+        return train
+
+    @model_validator(mode="after")
+    def _budget(self) -> "CompareConfig":
+        batch = self.train.get("batch_size", TrainConfig.model_fields["batch_size"].default)
+        if self.samples_seen % batch:
+            raise ValueError(f"samples_seen ({self.samples_seen}) must be a multiple of train.batch_size ({batch})")
+        names = [e.name for e in self.eval_sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval_sets names must be unique: {names}")
+        return self
+
+
+@dataclass(frozen=True)
+class Cell:
+    subset: str
+    strategy: str
+    model: str
+    seed: int
+    regime: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.subset}__{self.strategy}__{self.model}__s{self.seed}__{self.regime}"
+
+
+def cells(cfg: CompareConfig) -> list[tuple[Cell, dict]]:
+    """Every (cell, strategy config) of every grid, in order, each cell once."""
+    out: dict[str, tuple[Cell, dict]] = {}
+    for grid in cfg.grids.values():
+        for subset in grid.subsets:
+            for label, strategy in grid.strategies.items():
+                for model in grid.models:
+                    for seed in grid.seeds:
+                        for regime in grid.regimes:
+                            cell = Cell(subset, label, model, seed, regime)
+                            previous = out.setdefault(cell.id, (cell, strategy.model_dump()))
+                            if previous[1] != strategy.model_dump():
+                                raise ValueError(f"strategy label {label!r} names two different configs")
+    return list(out.values())
+
+
+def subset_size(shards: Path) -> int:
+    """Samples of a shard folder: its manifest.json, or a count of its tars' samples."""
+    from train.data import resolve_shards, shard_records
+
+    manifest = shards / "manifest.json"
+    if manifest.exists():
+        return int(json.loads(manifest.read_text())["samples"])
+    return len(shard_records(resolve_shards(shards)))
+
+
+def flatten(metrics: dict, prefix: str) -> dict[str, Any]:
+    """{"retrieval": {"i2t": {"r1": x}}} -> {"<prefix>/retrieval/i2t/r1": x}."""
+    out = {}
+    for key, value in metrics.items():
+        name = f"{prefix}/{key}"
+        out.update(flatten(value, name) if isinstance(value, dict) else {name: value})
+    return out
+
+
+def run_cell(cfg: CompareConfig, cell: Cell, strategy: dict, out_dir: Path) -> dict:
+    """Train and evaluate one cell; any exception becomes a `failed` row with its error."""
+    from train.evaluate import evaluate
+    from train.train import train
+
+    row: dict[str, Any] = {**{k: None for k in LEADING}, "subset": cell.subset, "strategy": cell.strategy,
+                           "model": cell.model, "seed": cell.seed, "regime": cell.regime, "status": "failed",
+                           "error": ""}
+    try:
+        shards = out_dir / "shards" / cell.subset
+        size = row["subset_size"] = subset_size(shards)
+        batch = cfg.train.get("batch_size", TrainConfig.model_fields["batch_size"].default)
+        if size < batch:
+            raise ValueError(f"subset {cell.subset} has {size} samples, fewer than one batch ({batch}): "
+                             f"lower train.batch_size or leave the subset out")
+        for ev in cfg.eval_sets:
+            if not (ev.pairs / "pairs.parquet").exists():
+                raise FileNotFoundError(f"eval set {ev.name}: {ev.pairs}/pairs.parquet not found")
+        samples = cfg.samples_seen if cell.regime == "equal_samples" else size // batch * batch
+        train_cfg = TrainConfig.model_validate({
+            **cfg.train, "model": cell.model, "seed": cell.seed, "samples_seen": samples, "strategy": strategy,
+            "data": {**cfg.train.get("data", {}), "shards": str(shards)}})
+        summary = train(train_cfg, out_dir / "train" / cell.id)
+        row.update(samples_seen=summary["samples_seen"], wall_s=summary["wall_s"],
+                   samples_per_s=summary["samples_per_s"])
+        for ev in cfg.eval_sets:
+            metrics = evaluate(Path(summary["checkpoint"]), ev.pairs, ev.class_columns, ev.where)
+            row.update(flatten(metrics, ev.name))
+        row["status"] = "ok"
+    except Exception as err:  # noqa: BLE001 - a crashing cell is a result; the grid goes on
+        log.exception("cell %s failed", cell.id)
+        row["error"] = f"{type(err).__name__}: {err}"
+    return row
+
+
+def write_csv(path: Path, rows: list[dict], leading: list[str]) -> None:
+    columns = leading + sorted({k for r in rows for k in r} - set(leading))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="raise", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def t_interval(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95% t-interval (None with fewer than two values)."""
+    from scipy import stats
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return mean, half
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per (subset, strategy, model, regime): seeds ok and failed, and mean and 95% interval of the
+    speed and of every eval metric."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["subset"], r["strategy"], r["model"], r["regime"]), []).append(r)
+    out = []
+    for (subset, strategy, model, regime), members in groups.items():
+        ok = [r for r in members if r["status"] == "ok"]
+        entry = {"subset": subset, "subset_size": members[0]["subset_size"], "strategy": strategy, "model": model,
+                 "regime": regime, "samples_seen": ok[0]["samples_seen"] if ok else None, "seeds_ok": len(ok),
+                 "seeds_failed": len(members) - len(ok)}
+        metrics = [k for k in sorted({k for r in ok for k in r})
+                   if k in ("wall_s", "samples_per_s") or k.rsplit("/", 1)[-1] in SUMMARIZED_LEAVES]
+        for metric in metrics:
+            values = [float(r[metric]) for r in ok if r.get(metric) is not None]
+            if values:
+                mean, half = t_interval(values)
+                entry[f"{metric}/mean"] = round(mean, 5)
+                entry[f"{metric}/ci95"] = None if half is None else round(half, 5)
+        out.append(entry)
+    return out
+
+
+def compare(cfg: CompareConfig, out_dir: Path) -> list[dict]:
+    """Run the pipeline (if any), then every cell not yet finished; returns the result rows."""
+    out_dir = Path(out_dir)
+    if cfg.pipeline is not None:
+        from pipelines.run import run_pipeline
+
+        run_pipeline(cfg.pipeline, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "compare.resolved.json", cfg.model_dump(mode="json"))
+    grid = cells(cfg)
+    rows: list[dict] = []
+    for i, (cell, strategy) in enumerate(grid):
+        result_path = out_dir / "train" / cell.id / "result.json"
+        row = json.loads(result_path.read_text()) if result_path.exists() else None
+        if row is None or row["status"] != "ok":
+            log.info("cell %d/%d: %s", i + 1, len(grid), cell.id)
+            start = time.time()
+            row = run_cell(cfg, cell, strategy, out_dir)
+            atomic_write_json(result_path, row)
+            log.info("cell %s: %s in %.0fs", cell.id, row["status"], time.time() - start)
+        rows.append(row)
+        write_csv(out_dir / "results.csv", rows, LEADING)
+    write_csv(out_dir / "summary.csv", summarize(rows), GROUP)
+    return rows
