@@ -63,7 +63,7 @@ def main() -> None:
 
         runner = RayRunner(num_cpus=args.workers)
         start = time.perf_counter()
-        runner._ensure_ray()
+        runner.ensure_ray()
         ray_init_s = time.perf_counter() - start
         cfg = DownloadConfig(input=work / "pool" / "pool.parquet", rows_per_part=args.rows_per_part,
                              thread_count=args.threads, timeout_s=10, allow_private_networks=True)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from curate.io import atomic_write_json, atomic_write_parquet, fingerprint, list_parts, read_json
+from curate.io import atomic_write_json, atomic_write_parquet, fingerprint, list_parts, markers_fingerprint, read_json
 from curate.minhash import memory_buckets, near_duplicate_captions
 from curate.schema import STATUS, UID, Status
 from curate.semdedup import near_duplicate_images
@@ -165,7 +165,7 @@ def run_dedup(cfg: DedupConfig, run_dir: Path, buckets=memory_buckets) -> dict:
     run_dir = Path(run_dir)
     score_dir, out_dir = run_dir / "score", run_dir / "dedup"
     done_markers = sorted((score_dir / "_done").glob("*.json"))
-    identity = fingerprint(cfg.model_dump(mode="json"), [read_json(p) for p in done_markers])
+    identity = fingerprint(cfg.model_dump(mode="json"), markers_fingerprint(done_markers))
     done = out_dir / "_done.json"
     if done.exists() and read_json(done).get("identity") == identity and (out_dir / "stats.json").exists():
         log.info("dedup: %s is up to date", out_dir)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
 import http.client
 import importlib
 import io
+import itertools
 import socket
 import threading
 import time
@@ -37,22 +39,55 @@ class FetchError(Exception):
     """One URL failed; the text names why in words that `classify_error` maps to a status."""
 
 
+class _Watchdog:
+    """One thread that fires every request's deadline (a timer thread per request costs more than a
+    small fetch). Deadlines of finished requests stay queued until their time and are then ignored."""
+
+    def __init__(self):
+        self._queue: list[tuple[float, int, "_Deadline"]] = []
+        self._order = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: "_Deadline") -> None:
+        with self._wake:
+            heapq.heappush(self._queue, (deadline.at, next(self._order), deadline))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fetch-deadlines", daemon=True)
+                self._thread.start()
+            if self._queue[0][2] is deadline:  # only a new earliest deadline needs the thread awake
+                self._wake.notify()
+
+    def _run(self) -> None:
+        with self._wake:
+            while True:
+                now = time.monotonic()
+                while self._queue and self._queue[0][0] <= now:
+                    heapq.heappop(self._queue)[2].expire()
+                self._wake.wait(self._queue[0][0] - now if self._queue else None)
+
+
+_WATCHDOG = _Watchdog()
+
+
 class _Deadline:
     """Shuts the request's sockets when time is up, which wakes a read blocked on a trickling server."""
 
     def __init__(self, seconds: float):
+        self.at = time.monotonic() + seconds
         self.expired = False
+        self._finished = False
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
 
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
             self._socks.append(sock.dup())  # our own fd: it survives TLS wrapping of the original
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         with self._lock:
+            if self._finished:
+                return
             self.expired = True
             for sock in self._socks:
                 with contextlib.suppress(OSError):
@@ -60,13 +95,13 @@ class _Deadline:
 
     def __enter__(self) -> "_Deadline":
         _local.deadline = self
-        self._timer.start()
+        _WATCHDOG.add(self)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._timer.cancel()
         _local.deadline = None
         with self._lock:
+            self._finished = True
             for sock in self._socks:
                 sock.close()
             self._socks.clear()

@@ -65,6 +65,11 @@ def fingerprint(*items: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def markers_fingerprint(paths: Iterable[Path]) -> str:
+    """What a set of done markers says about their outputs (not how long they took)."""
+    return fingerprint([{k: v for k, v in read_json(p).items() if k != "wall_s"} for p in sorted(paths)])
+
+
 def uids_fingerprint(uids: Iterable[str]) -> str:
     h = hashlib.sha256()
     for uid in uids:

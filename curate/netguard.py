@@ -77,7 +77,7 @@ class Guard:
         host, port = address
         refused, error = [], None
         for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
-            reason = self.refuses(sockaddr[0], port)
+            reason = self.refuses(sockaddr[0], sockaddr[1])  # the port connected to (getaddrinfo wraps 99999)
             if reason:
                 refused.append(f"{sockaddr[0]} ({reason})")
                 continue

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from curate.io import Part, atomic_write_json, atomic_write_parquet, fingerprint, part_name, read_json
 from curate.schema import CAPTION, UID
 from curate.stage import MapStage, Resources
+from curate.tars import safe_members
 from curate.tier import available_columns, read_pool
 from curate.tier_rules import SUBSET_NAME
 
@@ -56,12 +57,14 @@ def image_extension(data: bytes) -> str:
 
 
 def index_tar(path: Path) -> dict[str, tuple[int, int]]:
-    """key -> (byte offset, size) of each image member, reading headers only."""
+    """key -> (byte offset, size) of each image member, reading headers only. Members past damage, with
+    unsafe names, or whose bytes the file does not fully hold are left out (their samples count as missing)."""
     found = {}
+    file_size = path.stat().st_size
     with tarfile.open(path) as tar:
-        for member in tar:
+        for member in safe_members(tar):
             key, _, ext = member.name.partition(".")
-            if member.isfile() and ext.lower() in ("jpg", "jpeg", "png", "webp"):
+            if ext.lower() in ("jpg", "jpeg", "png", "webp") and member.offset_data + member.size <= file_size:
                 found[key] = (member.offset_data, member.size)
     return found
 

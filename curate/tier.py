@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curate.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet, fingerprint, list_parts, read_json
+from curate.io import (atomic_write_bytes, atomic_write_json, atomic_write_parquet, fingerprint, list_parts,
+                       markers_fingerprint, read_json)
 from curate.schema import STATUS, UID, Status
 from curate.tier_rules import DedupKeep, Rule, SubsetConfig, TopFraction, evaluate, rule_columns
 
@@ -189,9 +190,9 @@ class _Reasons:
 
 
 def _identity(cfg: TierConfig, run_dir: Path) -> str:
-    markers = sorted((run_dir / "score" / "_done").glob("*.json")) + sorted((run_dir / "download" / "_done").glob("*.json"))
+    markers = [*(run_dir / "score" / "_done").glob("*.json"), *(run_dir / "download" / "_done").glob("*.json")]
     dedup = run_dir / "dedup" / "_done.json"
-    return fingerprint(cfg.model_dump(mode="json"), [read_json(p) for p in markers],
+    return fingerprint(cfg.model_dump(mode="json"), markers_fingerprint(markers),
                        read_json(dedup) if dedup.exists() else None)
 
 

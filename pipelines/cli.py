@@ -18,6 +18,7 @@ EPILOG = """examples:
   curate shard --out runs/demo                           WebDataset tars per subset
   curate status runs/demo                                parts done, failed, pending per stage
   curate report runs/demo                                runs/demo/report.html
+  curate compare configs/compare/emoji.yaml --out runs/emoji-compare   tiers x strategies x seeds
 """
 
 

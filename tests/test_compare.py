@@ -8,6 +8,7 @@ import webdataset as wds
 
 from curate.scenes import describe, encode, random_scene, render
 from pipelines.config import ConfigError, load_config
+from tests.conftest import EMOJI
 from tests.test_train import _pairs_dir
 from train.compare import LEADING, CompareConfig, compare, t_interval
 
@@ -106,11 +107,9 @@ def test_compare_config_is_checked_before_any_work(eval_pairs):
     with pytest.raises(ValueError, match="multiple of train.batch_size"):
         _config(eval_pairs, samples_seen=20)
     with pytest.raises(ValueError, match="names two different configs"):
-        from train.compare import cells
-
-        cells(_config(eval_pairs, grids={
+        _config(eval_pairs, grids={
             "a": {"subsets": ["x"], "strategies": {"aug": {"name": "clip_aug"}}},
-            "b": {"subsets": ["x"], "strategies": {"aug": {"name": "clip_aug", "augment": {"kind": "randaugment"}}}}}))
+            "b": {"subsets": ["y"], "strategies": {"aug": {"name": "clip_aug", "augment": {"kind": "randaugment"}}}}})
     cfg = load_config(REPO / "configs" / "compare" / "emoji.yaml", schema=CompareConfig)
     assert cfg.pipeline is not None and len(cfg.grids) >= 1 and min(len(g.seeds) for g in cfg.grids.values()) >= 3
     with pytest.raises(ConfigError, match="grids"):
@@ -128,17 +127,42 @@ def test_compare_runs_the_real_pipeline_then_the_grid(eval_pairs, tmp_path):
     """synth -> download -> filter -> score -> dedup -> tier -> shard, then 2 subsets x 2 strategies x 1 seed."""
     pipeline = {"stages": ["synth", "download", "filter", "score", "dedup", "tier", "shard"],
                 "runner": {"kind": "local"}, "synth": {"n": 300, "seed": 0, "hang_s": 2},
-                "download": {"rows_per_part": 150, "timeout_s": 2},
+                "download": {"rows_per_part": 150, "timeout_s": 2, "allow_private_networks": True},
                 "filter": {"seed_n": 200, "samples_seen": 256, "batch_size": 64, "workers": 0},
                 "dedup": {"images": False},
                 "tier": {"base": [{"kind": "dedup_keep"}], "standard_fractions": [0.3, 1.0]},
                 "shard": {"samples_per_shard": 64}}
     cfg = _config(eval_pairs, pipeline=pipeline, samples_seen=64,
                   grids={"g": {"subsets": ["top30", "top100"], "regimes": ["equal_samples"],
-                               "strategies": {"clip": {"name": "clip"}, "clipa": {"name": "clipa", "context_length": 8}}}})
+                               "strategies": {"clip": {"name": "clip"},
+                                              "clipa": {"name": "clipa", "context_length": 8}}}})
     rows = compare(cfg, tmp_path)
     assert [(r["subset"], r["strategy"], r["status"]) for r in rows] == [
         ("top30", "clip", "ok"), ("top30", "clipa", "ok"), ("top100", "clip", "ok"), ("top100", "clipa", "ok")]
     sizes = {r["subset"]: r["subset_size"] for r in rows}
     assert 0 < sizes["top30"] < sizes["top100"] <= 300
     assert len(_read(tmp_path / "summary.csv")) == 4
+
+
+@pytest.mark.skipif(not EMOJI.exists(), reason="shared emoji data not present")
+def test_emoji_pool_keeps_a_vendor_out_and_a_seed_split_that_the_filter_trains_on(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from curate.synth import SynthConfig, synthesize
+    from pipelines.config import FilterConfig
+    from pipelines.run import run_filter
+
+    cfg = SynthConfig(from_pairs=EMOJI, pairs_filter={"vendor": ["twitter"]}, seed_split_fraction=0.2, n=100)
+    pool = synthesize(cfg, tmp_path / "synth")
+    seed = pq.read_table(tmp_path / "synth" / "seed_pairs" / "pairs.parquet")
+    assert seed.num_rows == round(3574 * 0.2) and set(seed.column("vendor").to_pylist()) == {"twitter"}
+    assert all(Path(p).is_file() for p in seed.column("path").to_pylist()[:5])
+    pool_keys = {k for k in pool.column("src_key").to_pylist() if k}
+    assert all(k.startswith("twitter-") for k in pool_keys) and not pool_keys & set(seed.column("key").to_pylist())
+
+    seen = []
+    monkeypatch.setattr("train.train.train", lambda train_cfg, out: seen.append(train_cfg.data.pairs) or {})
+    run_filter(FilterConfig(), tmp_path)
+    assert seen == [(tmp_path / "synth" / "seed_pairs").resolve()]
+    with pytest.raises(ValueError, match="keeps no rows"):
+        synthesize(SynthConfig(from_pairs=EMOJI, pairs_filter={"vendor": ["apple"]}, n=20), tmp_path / "none")

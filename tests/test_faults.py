@@ -19,7 +19,7 @@ import pytest
 from curate.synth import NoiseConfig, SynthConfig, synthesize
 from pipelines.run import run_download
 from pipelines.runners import LocalRunner, PartsFailed
-from tests.conftest import fast_download, read_parts
+from tests.conftest import fast_download
 
 ROOT = Path(__file__).resolve().parents[1]
 CLEAN = dict(mismatched_caption=0, boilerplate_caption=0, partial_caption=0, exact_duplicate=0, near_duplicate=0)
@@ -71,10 +71,15 @@ def tiny_pool(tmp_path_factory) -> Path:
     return out
 
 
+def _tiny_download(pool: Path):
+    """As `curate download --serve POOL` with 10 rows per part (the served pool needs no private networks)."""
+    return fast_download(input=pool / "pool.parquet", rows_per_part=10, allow_private_networks=False)
+
+
 @pytest.fixture(scope="module")
 def reference_download(tiny_pool, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference")
-    run_download(fast_download(input=tiny_pool / "pool.parquet", rows_per_part=10), out, LocalRunner(), tiny_pool)
+    run_download(_tiny_download(tiny_pool), out, LocalRunner(), tiny_pool)
     return out
 
 
@@ -102,7 +107,7 @@ def test_a_full_disk_leaves_no_done_marker_and_the_rerun_completes(failing, tiny
         real_done = curate.stage.write_done
         monkeypatch.setattr(curate.stage, "write_done",
                             lambda part, marker: no_space() if part.name == "part-00001" else real_done(part, marker))
-    cfg = fast_download(input=tiny_pool / "pool.parquet", rows_per_part=10)
+    cfg = _tiny_download(tiny_pool)
     with pytest.raises(PartsFailed, match="part-00001"):
         run_download(cfg, tmp_path, LocalRunner(part_retries=0), tiny_pool)
     stage_dir = tmp_path / "download"
@@ -180,9 +185,11 @@ def pipeline(tmp_path_factory):
     config.write_text(PIPELINE.format(checkpoint=root / "model.pt"))
     synthesize(load_config(config).synth, root / "pool")
     reference = _fresh_run(root, "reference")
+    before = set(root.rglob("*"))
     done = subprocess.run(_cli("run", str(config), "--out", str(reference)), capture_output=True, text=True,
                           timeout=600, env=_env(), cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert [p for p in set(root.rglob("*")) - before if not p.is_relative_to(reference)] == []  # all in the run
     return config, root, reference
 
 

@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,9 +15,7 @@ from train.train import cosine_lr, train
 
 STRATEGIES = {
     "clip": {"name": "clip"},
-    "clip_aug_crop_flip": {"name": "clip_aug", "augment": {"kind": "crop_flip"}},
-    "clip_aug_randaugment": {"name": "clip_aug", "augment": {"kind": "randaugment"}},
-    "clip_aug_stacked": {"name": "clip_aug", "augment": {"kind": "stacked_randaugment"}},
+    "clip_aug": {"name": "clip_aug", "augment": {"kind": "stacked_randaugment"}},
     "slip": {"name": "slip", "head_hidden_dim": 32, "head_out_dim": 16},
     "flip": {"name": "flip", "mask_ratio": 0.75, "finetune_samples": 16},
     "clipa": {"name": "clipa", "context_length": 6, "text_policy": "content_words", "finetune_samples": 16},
@@ -30,7 +29,7 @@ def pairs(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_each_strategy_trains_and_its_checkpoint_evaluates(name, pairs, tmp_path):
-    cfg = _cfg({"pairs": str(pairs)}, samples_seen=48, strategy=STRATEGIES[name], checkpoint_every_steps=1)
+    cfg = _cfg({"pairs": str(pairs)}, samples_seen=48, strategy=STRATEGIES[name], checkpoint_every_steps=2)
     summary = train(cfg, tmp_path / "run")
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert summary["steps"] == 3 and summary["strategy"] == cfg.strategy.name
@@ -44,6 +43,21 @@ def test_each_strategy_trains_and_its_checkpoint_evaluates(name, pairs, tmp_path
     assert bool(state["strategy_state"]) == (name == "slip")
 
 
+@pytest.mark.parametrize("kind", ["crop_flip", "randaugment", "stacked_randaugment"])
+def test_each_augmentation_gives_random_views_of_the_model_size(kind):
+    from PIL import Image
+
+    from train.augment import augment_transform
+    from train.config import AugmentConfig
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    transform = augment_transform(AugmentConfig(kind=kind), 32)
+    torch.manual_seed(0)
+    views = [transform(image) for _ in range(4)]
+    assert all(v.shape == (3, 32, 32) for v in views)
+    assert not all(torch.equal(views[0], v) for v in views[1:])
+
+
 def test_a_finished_run_is_kept_and_slip_head_resumes(pairs, tmp_path):
     cfg = _cfg({"pairs": str(pairs)}, samples_seen=32, strategy=STRATEGIES["slip"])
     first = train(cfg, tmp_path / "run")
@@ -51,6 +65,14 @@ def test_a_finished_run_is_kept_and_slip_head_resumes(pairs, tmp_path):
     assert any(k.endswith("running_mean") for k in head)
     again = train(cfg, tmp_path / "run")
     assert again == first
+
+    clip_cfg = cfg.model_copy(update={"strategy": TrainConfig.model_validate(
+        {"data": {"pairs": str(pairs)}}).strategy})
+    old = train(clip_cfg, tmp_path / "old")
+    state = checkpoint.read(tmp_path / "old" / "checkpoint.pt")
+    del state["train_config"]["strategy"]  # as saved before strategies existed
+    torch.save(state, tmp_path / "old" / "checkpoint.pt")
+    assert train(clip_cfg, tmp_path / "old") == old
     with pytest.raises(ValueError, match="another config"):
         train(cfg.model_copy(update={"strategy": TrainConfig.model_validate(
             {"data": {"pairs": str(pairs)}, "strategy": {"name": "clip"}}).strategy}), tmp_path / "run")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from curate.io import atomic_write_bytes, atomic_write_json
@@ -83,14 +84,23 @@ class CompareConfig(BaseModel):
         TrainConfig.model_validate({**train, "data": {**train.get("data", {}), "shards": "."}})
         return train
 
+    @property
+    def batch_size(self) -> int:
+        return self.train.get("batch_size", TrainConfig.model_fields["batch_size"].default)
+
     @model_validator(mode="after")
-    def _budget(self) -> "CompareConfig":
-        batch = self.train.get("batch_size", TrainConfig.model_fields["batch_size"].default)
-        if self.samples_seen % batch:
-            raise ValueError(f"samples_seen ({self.samples_seen}) must be a multiple of train.batch_size ({batch})")
+    def _consistent(self) -> "CompareConfig":
+        if self.samples_seen % self.batch_size:
+            raise ValueError(f"samples_seen ({self.samples_seen}) must be a multiple of train.batch_size "
+                             f"({self.batch_size})")
         names = [e.name for e in self.eval_sets]
         if len(set(names)) != len(names):
             raise ValueError(f"eval_sets names must be unique: {names}")
+        labels: dict[str, dict] = {}
+        for grid in self.grids.values():
+            for label, strategy in grid.strategies.items():
+                if labels.setdefault(label, strategy.model_dump()) != strategy.model_dump():
+                    raise ValueError(f"strategy label {label!r} names two different configs; give each its own label")
         return self
 
 
@@ -117,9 +127,7 @@ def cells(cfg: CompareConfig) -> list[tuple[Cell, dict]]:
                     for seed in grid.seeds:
                         for regime in grid.regimes:
                             cell = Cell(subset, label, model, seed, regime)
-                            previous = out.setdefault(cell.id, (cell, strategy.model_dump()))
-                            if previous[1] != strategy.model_dump():
-                                raise ValueError(f"strategy label {label!r} names two different configs")
+                            out.setdefault(cell.id, (cell, strategy.model_dump()))
     return list(out.values())
 
 
@@ -153,7 +161,7 @@ def run_cell(cfg: CompareConfig, cell: Cell, strategy: dict, out_dir: Path) -> d
     try:
         shards = out_dir / "shards" / cell.subset
         size = row["subset_size"] = subset_size(shards)
-        batch = cfg.train.get("batch_size", TrainConfig.model_fields["batch_size"].default)
+        batch = cfg.batch_size
         if size < batch:
             raise ValueError(f"subset {cell.subset} has {size} samples, fewer than one batch ({batch}): "
                              f"lower train.batch_size or leave the subset out")
@@ -229,7 +237,8 @@ def compare(cfg: CompareConfig, out_dir: Path) -> list[dict]:
 
         run_pipeline(cfg.pipeline, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "compare.resolved.json", cfg.model_dump(mode="json"))
+    resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    atomic_write_bytes(out_dir / "compare.resolved.yaml", resolved.encode())
     grid = cells(cfg)
     rows: list[dict] = []
     for i, (cell, strategy) in enumerate(grid):

@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 
 from train.augment import MultiView, augment_transform, clip_transform, simclr_transform
 from train.config import TrainConfig
-from train.models import image_size, tokenizer
+from train.models import image_size, model_config, tokenizer
 
 # Dropped first by CLIPA's `content_words` text policy: what is left is mostly nouns and adjectives.
 FUNCTION_WORDS = frozenset(
@@ -111,7 +111,7 @@ class Slip(Clip):
     def __init__(self, cfg: TrainConfig, model: nn.Module):
         super().__init__(cfg, model)
         s = cfg.strategy
-        dim = model.text_projection.shape[1] if torch.is_tensor(model.text_projection) else model.embed_dim
+        dim = model_config(cfg.model)["embed_dim"]
         self.extra.append(nn.Sequential(
             nn.Linear(dim, s.head_hidden_dim), nn.BatchNorm1d(s.head_hidden_dim), nn.ReLU(inplace=True),
             nn.Linear(s.head_hidden_dim, s.head_hidden_dim), nn.BatchNorm1d(s.head_hidden_dim), nn.ReLU(inplace=True),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from train import checkpoint
@@ -60,6 +61,14 @@ def adamw(modules: list[torch.nn.Module], cfg: TrainConfig) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
 
 
+def same_config(saved: dict, cfg: TrainConfig) -> bool:
+    """Whether a checkpoint's train config is `cfg` (keys added since it was saved take their defaults)."""
+    try:
+        return TrainConfig.model_validate(saved).model_dump(mode="json") == cfg.model_dump(mode="json")
+    except ValidationError:
+        return False
+
+
 def make_loader(cfg: TrainConfig, records, transform, tokenize, step: int) -> torch.utils.data.DataLoader:
     """Batches of the endless seeded stream, starting after `step` batches."""
     stream = PairStream(records, transform, tokenize, cfg.seed, start=step * cfg.batch_size)
@@ -89,7 +98,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
     ckpt_path, summary_path = out_dir / "checkpoint.pt", out_dir / "summary.json"
     if ckpt_path.exists():
         state = checkpoint.read(ckpt_path)
-        if state["train_config"] != cfg.model_dump(mode="json"):
+        if not same_config(state["train_config"], cfg):
             raise ValueError(f"{ckpt_path} was trained with another config; use a new --out to start over")
         checkpoint.load_into(model, state, ckpt_path)
         extra.load_state_dict(state.get("strategy_state") or {})

@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from curate.report.html import esc, fmt
+from curate.tars import safe_members
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,12 @@ def thumbnails(download_dir: Path, wanted: list[tuple[str, str]], size_px: int =
             continue
         left = set(keys)
         with tarfile.open(path) as tar:
-            for member in tar:
+            for member in safe_members(tar):
                 key, _, ext = member.name.partition(".")
                 if key in left and ext.lower() in IMAGE_EXTS:
                     try:
                         found[(shard, key)] = _thumbnail(tar.extractfile(member).read(), size_px)
-                    except (OSError, ValueError, Image.DecompressionBombError) as err:
+                    except (OSError, ValueError, tarfile.TarError, Image.DecompressionBombError) as err:
                         log.warning("report: %s %s does not decode: %s", shard, key, err)
                     left.discard(key)
                     if not left:
