@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -105,13 +106,16 @@ def main() -> None:
     if names[0] != "clip" or set(names) - set(STRATEGIES):
         parser.error(f"--strategies must start with clip and name only {list(STRATEGIES)}")
     work = Path(tempfile.mkdtemp(prefix="bench-strategies-"))
-    write_shards(work / "shards")
     samples = args.steps * args.batch
     rates: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(args.rounds):
-        for name in names:
-            rates[name].append(run(STRATEGIES[name], args.model, work / "shards", samples, args.batch,
-                                   args.workers, work / f"{name}-{r}"))
+    try:
+        write_shards(work / "shards")
+        for r in range(args.rounds):
+            for name in names:
+                rates[name].append(run(STRATEGIES[name], args.model, work / "shards", samples, args.batch,
+                                       args.workers, work / f"{name}-{r}"))
+    finally:
+        shutil.rmtree(work)  # ~170 MB of checkpoint per run
     median = {n: statistics.median(v) for n, v in rates.items()}
     steps = step_times(names, args.model, args.batch, args.step_repeats) if args.step_repeats else {}
     result = {"model": args.model, "batch": args.batch, "samples": samples, "rounds": args.rounds, "device": "cpu",

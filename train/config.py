@@ -54,7 +54,7 @@ class ClipAugStrategy(BaseModel):
 
 class SlipStrategy(BaseModel):
     """CLIP loss + SimCLR (NT-Xent) on two augmented views through an MLP head: three image passes per
-    sample, about 2-3x the cost of `clip` per sample."""
+    sample, ~3.5x the time of `clip` per sample (measured on CPU, BENCHMARKS.md)."""
 
     model_config = ConfigDict(extra="forbid")
     name: Literal["slip"] = "slip"

@@ -105,7 +105,8 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
 
 class Slip(Clip):
     """SLIP: CLIP loss on one view + SimCLR on two more augmented views, through an MLP head on the image
-    embedding. Three image passes per sample: about 2-3x the compute of `clip` per sample. The head is
+    embedding. Three image passes per sample: measured 3.4-3.6x the time of `clip` per sample on CPU
+    (tiny-vit-64, BENCHMARKS.md), more than the "about 2x" often quoted. The head is
     trained and checkpointed (`strategy_state`) but is not part of the CLIP model's weights."""
 
     def __init__(self, cfg: TrainConfig, model: nn.Module):
