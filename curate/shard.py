@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from curate.io import Part, atomic_write_json, atomic_write_parquet, fingerprint, part_name, read_json
-from curate.schema import CAPTION, UID
+from curate.schema import CAPTION, STATUS, UID
 from curate.stage import MapStage, Resources
 from curate.tars import safe_members
 from curate.tier import available_columns, read_pool
@@ -78,18 +78,25 @@ def _check_directory(shard_dir: Path) -> None:
                          "move them away or shard into another run directory")
 
 
-def plan_subset(run_dir: Path, subset: str, cfg: ShardConfig, tar_index: dict) -> tuple[list[Part], dict]:
-    """Write the plan parts of one subset (or keep them if unchanged); returns the parts and plan info."""
+def read_sources(run_dir: Path) -> pa.Table:
+    """Per uid: status, caption, where its image lies, and the columns its json carries. Read once and
+    shared by every subset."""
+    names = available_columns(run_dir)
+    carried = [c for c in JSON_COLUMNS if c in names] + [c for c in names if c.startswith("score_")]
+    return read_pool(run_dir, [CAPTION, "shard", "key", *carried])
+
+
+def plan_subset(run_dir: Path, subset: str, cfg: ShardConfig, sources: pa.Table,
+                tar_index: dict) -> tuple[list[Part], dict]:
+    """Write the plan parts of one subset (or keep them if unchanged); returns the parts and plan info.
+    `sources` is `read_sources(run_dir)`; `tar_index` caches `index_tar` across subsets."""
     uid_path = run_dir / "tier" / "subsets" / f"{subset}.parquet"
     if not uid_path.exists():
         raise ShardError(f"{uid_path} does not exist: run the tier stage (known subsets: {known_subsets(run_dir)})")
     shard_dir = run_dir / "shards" / subset
     _check_directory(shard_dir)
     wanted = pq.read_table(uid_path).column(UID)
-    scores = [c for c in available_columns(run_dir) if c.startswith("score_")]
-    extra = [c for c in JSON_COLUMNS if c in available_columns(run_dir)]
-    pool = read_pool(run_dir, [CAPTION, "shard", "key", *extra, *scores])
-    pool = pool.take(pc.index_in(wanted, pool.column(UID)))  # the subset's rows, in its sorted order
+    pool = sources.take(pc.index_in(wanted, sources.column(UID)))  # the subset's rows, in its sorted order
     order = np.random.default_rng(cfg.seed).permutation(pool.num_rows)
     pool = pool.take(pa.array(order, pa.int64()))
     src, offsets, sizes, missing = [], [], [], []
@@ -103,8 +110,9 @@ def plan_subset(run_dir: Path, subset: str, cfg: ShardConfig, tar_index: dict) -
         sizes.append(size)
         missing.append(offset < 0)
     found = pa.array(np.logical_not(missing))
+    meta_columns = [c for c in pool.column_names if c not in (STATUS, CAPTION, "shard", "key")]
     meta = [json.dumps({k: v for k, v in row.items() if v is not None}, sort_keys=True)
-            for row in pool.select([UID, *extra, *scores]).to_pylist()]
+            for row in pool.select(meta_columns).to_pylist()]
     plan = pa.table({UID: pool.column(UID), CAPTION: pool.column(CAPTION), "src": src, "offset": offsets,
                      "size": sizes, "json": meta}).filter(found)
     identity = fingerprint(cfg.model_dump(mode="json", exclude={"subsets"}), plan.column(UID).to_pylist(),

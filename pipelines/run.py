@@ -16,7 +16,8 @@ from curate.pool_input import split_input
 from curate.report.build import write_report, write_report_after_failure
 from curate.score import ScoreConfig, ScoreStage
 from curate.serve import PoolServer
-from curate.shard import ShardConfig, ShardError, ShardWriter, finish_subset, known_subsets, plan_subset
+from curate.shard import (ShardConfig, ShardError, ShardWriter, finish_subset, known_subsets, plan_subset,
+                          read_sources)
 from curate.stage import MapStage, write_stage_stats
 from curate.synth import SEED_SPLIT, SynthConfig, is_synthesized, serve_settings, synthesize, write_seed_pairs
 from curate.tier import run_tier
@@ -138,10 +139,10 @@ def run_shard(cfg: ShardConfig, out_dir: Path, runner) -> dict:
     subsets = cfg.subsets or known_subsets(run_dir)
     if not subsets:
         raise ShardError(f"{run_dir}/tier/subsets holds no subsets: run the tier stage first")
-    start, tar_index = time.time(), {}
+    start, tar_index, sources = time.time(), {}, read_sources(run_dir)
     manifests, failed = {}, {}
     for subset in subsets:
-        parts, plan = plan_subset(run_dir, subset, cfg, tar_index)
+        parts, plan = plan_subset(run_dir, subset, cfg, sources, tar_index)
         try:
             runner.map_parts(ShardWriter(), parts)
         except PartsFailed as err:

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.io import list_parts
 from curate.schema import UID
 
 GT_COLUMNS = (UID, "gt_noise", "gt_dup_of")
@@ -26,13 +27,9 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def parts(stage_dir: Path) -> list[Path]:
-    return sorted(Path(stage_dir).glob("part-*.parquet"))
-
-
 def rows_parts(run_dir: Path) -> list[Path]:
     """The most complete per-row parts: score's (they carry download's columns), else download's."""
-    return parts(Path(run_dir) / "score") or parts(Path(run_dir) / "download")
+    return list_parts(Path(run_dir) / "score") or list_parts(Path(run_dir) / "download")
 
 
 def schema_names(paths: list[Path]) -> list[str]:

@@ -11,10 +11,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.io import list_parts
 from curate.quality import roc_auc
 from curate.report import plots
 from curate.report.html import esc, img, missing, note, table
-from curate.report.runfiles import parts, read_columns
+from curate.report.runfiles import read_columns
 from curate.report.tiers import ScoreView
 from curate.schema import STATUS, UID, Status
 
@@ -100,7 +101,7 @@ def _merged_drops(acc: pa.Table) -> dict[str, np.ndarray]:
 
 
 def _download(run_dir: Path, gt: pa.Table) -> str:
-    paths = parts(Path(run_dir) / "download")
+    paths = list_parts(Path(run_dir) / "download")
     if not paths:
         return missing("download has not written parts.")
     t = read_columns(paths, [UID, STATUS])
