@@ -1,5 +1,5 @@
-"""Faults: a full disk, a part that fails every time, kill -9 of the driver during download and during
-score, and a Ray worker node lost mid-stage. After each, a rerun finishes and what the run holds equals
+"""Faults: a full disk, a part that fails every time, kill -9 of the driver during download, score,
+dedup, tier and shard (and during score under the Ray runner), and a Ray worker node lost mid-stage. After each, a rerun finishes and what the run holds equals
 an uninterrupted run's: part tables by uid, tar contents, and the tier uid lists and shard manifests
 byte for byte."""
 import errno
@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -201,19 +202,23 @@ def _fresh_run(root: Path, name: str) -> Path:
 
 
 def _kill_when(cmd: list[str], ready, timeout_s: float = 300) -> None:
-    """Start `cmd`, SIGKILL it (the driver process) the moment `ready()` holds; fails if it finished first."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(), cwd=ROOT,
-                            start_new_session=True)
+    """Start `cmd`, SIGKILL it (the driver process) the moment `ready(stderr_so_far)` holds; fails if it
+    finished first."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
+                            cwd=ROOT, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
     deadline = time.monotonic() + timeout_s
     try:
-        while not ready():
-            assert proc.poll() is None, f"the run ended before the fault: {proc.stderr.read()[-2000:]}"
+        while not ready("".join(lines)):
+            assert proc.poll() is None, f"the run ended before the fault: {''.join(lines)[-2000:]}"
             assert time.monotonic() < deadline, "the fault point never came"
-            time.sleep(0.01)
+            time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
-        proc.stderr.close()
+        reader.join(timeout=60)
     assert proc.returncode == -signal.SIGKILL
 
 
@@ -221,16 +226,36 @@ def _markers(run: Path, stage: str) -> int:
     return len(list((run / stage / "_done").glob("part-*.json")))
 
 
+def _shard_markers(run: Path) -> int:
+    return len(list((run / "shards").glob("*/_parts/_done/part-*.json")))
+
+
+def _fault_point(stage: str, run: Path, reference: Path):
+    """When to kill: with some but not all parts done (stages with parts), or as the driver announces
+    the stage (dedup, tier: one step each)."""
+    if stage in ("download", "score"):
+        parts = _markers(reference, "download")
+        return lambda _: 1 <= _markers(run, stage) < parts
+    if stage == "shard":
+        return lambda _: 1 <= _shard_markers(run) < _shard_markers(reference)
+    return lambda stderr: f"stage {stage}\n" in stderr
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["download", "score"])
-def test_kill_9_of_the_driver_then_rerun_equals_an_uninterrupted_run(pipeline, stage):
+@pytest.mark.parametrize("stage,runner", [("download", "local"), ("score", "local"), ("dedup", "local"),
+                                          ("tier", "local"), ("shard", "local"),
+                                          pytest.param("score", "ray", marks=pytest.mark.ray)])
+def test_kill_9_of_the_driver_then_rerun_equals_an_uninterrupted_run(pipeline, stage, runner):
+    """Under the Ray runner the driver started the local Ray cluster; its death takes the cluster down
+    and the rerun starts a fresh one."""
     config, root, reference = pipeline
-    run = _fresh_run(root, f"killed-in-{stage}")
-    cmd = _cli("run", str(config), "--out", str(run))
-    parts = _markers(reference, "download")
-    _kill_when(cmd, lambda: 1 <= _markers(run, stage) < parts)
-    assert _markers(run, stage) < parts and not (run / "tier").exists()
-    print(f"killed during {stage} with {_markers(run, stage)} of {parts} parts done")
+    run = _fresh_run(root, f"killed-in-{stage}-{runner}")
+    cmd = _cli("run", str(config), "--out", str(run), "--runner", runner)
+    _kill_when(cmd, _fault_point(stage, run, reference))
+    assert not (run / "shards" / "stats.json").exists()  # the run was cut short
+    print(f"killed during {stage} ({runner}): download {_markers(run, 'download')}, score "
+          f"{_markers(run, 'score')}, dedup {(run / 'dedup' / 'stats.json').exists()}, tier "
+          f"{(run / 'tier' / 'counts.json').exists()}, shard parts {_shard_markers(run)}")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env(), cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_outputs(run, reference)

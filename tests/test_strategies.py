@@ -58,6 +58,28 @@ def test_each_augmentation_gives_random_views_of_the_model_size(kind):
     assert not all(torch.equal(views[0], v) for v in views[1:])
 
 
+def test_the_clip_crop_matches_open_clips_transform():
+    """Boxes inside the image at 90-100% of its area (aspect 3/4-4/3 permitting), uint8 out, and over the
+    whole image our crop + batch normalisation equals open_clip's eval transform."""
+    import open_clip
+    from PIL import Image
+
+    from train.augment import ClipCrop, normalize_batch
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    crop = ClipCrop(32)
+    torch.manual_seed(0)
+    boxes = [crop.box(64, 64) for _ in range(500)]
+    areas = [(r - x) * (b - y) / 64**2 for x, y, r, b in boxes]
+    assert all(0 <= x < r <= 64 and 0 <= y < b <= 64 for x, y, r, b in boxes)
+    assert min(areas) >= 0.88 and max(areas) <= 1 and len(set(boxes)) > 10
+    view = crop(image)
+    assert view.dtype == torch.uint8 and view.shape == (3, 32, 32)
+    whole = ClipCrop(64, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    reference = open_clip.image_transform(64, is_train=False)(image)
+    assert torch.allclose(normalize_batch(whole(image)[None])[0], reference, atol=1e-5)
+
+
 def test_a_finished_run_is_kept_and_slip_head_resumes(pairs, tmp_path):
     cfg = _cfg({"pairs": str(pairs)}, samples_seen=32, strategy=STRATEGIES["slip"])
     first = train(cfg, tmp_path / "run")

@@ -1,11 +1,18 @@
 """Image transforms of the training strategies: open_clip's CLIP transform, the `clip_aug` augmentations,
-SimCLR views for SLIP, and several views of one image stacked into one tensor."""
+SimCLR views for SLIP, and several views of one image stacked into one tensor.
+
+Every transform returns a uint8 (C, H, W) tensor; `normalize_batch` turns a whole batch into the model's
+normalised floats in one vectorised step (per-sample ToTensor + Normalize cost more than the crop itself
+on small images, and a loader that spends less per sample is what lets CLIPA's cheap steps show)."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
+import numpy as np
 import open_clip
 import torch
+from PIL import Image
 from torchvision import transforms as T
 
 from train.config import AugmentConfig
@@ -13,13 +20,50 @@ from train.config import AugmentConfig
 BICUBIC = T.InterpolationMode.BICUBIC
 
 
+MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(3, 1, 1)
+STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(3, 1, 1)
+
+
 def _to_tensor() -> list:
-    return [T.ToTensor(), T.Normalize(open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)]
+    return [T.PILToTensor()]
+
+
+def normalize_batch(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (..., 3, H, W) -> floats normalised as open_clip's transforms do."""
+    mean, std = MEAN.to(images.device), STD.to(images.device)
+    return (images.float().div_(255) - mean).div_(std)
+
+
+class ClipCrop:
+    """open_clip's train transform (random resized crop, scale 0.9-1, aspect 3/4-4/3, bicubic, RGB) as
+    one PIL resize of the crop box, returning uint8; the normalisation is `normalize_batch`'s. The box
+    is drawn as torchvision draws it, from one batch of torch random numbers (its own draw costs ~0.5 ms)."""
+
+    def __init__(self, size_px: int, scale: tuple[float, float] = (0.9, 1.0), ratio=(3 / 4, 4 / 3)):
+        self.size_px, self.scale, self.log_ratio = size_px, scale, (math.log(ratio[0]), math.log(ratio[1]))
+
+    def box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        area = width * height
+        for u_area, u_ratio, u_x, u_y in torch.rand(10, 4).tolist():
+            target = area * (self.scale[0] + u_area * (self.scale[1] - self.scale[0]))
+            aspect = math.exp(self.log_ratio[0] + u_ratio * (self.log_ratio[1] - self.log_ratio[0]))
+            w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                left, top = int(u_x * (width - w + 1)), int(u_y * (height - h + 1))
+                return left, top, left + w, top + h
+        side = min(width, height)  # torchvision's fallback: the central crop
+        left, top = (width - side) // 2, (height - side) // 2
+        return left, top, left + side, top + side
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB")
+        image = image.resize((self.size_px, self.size_px), Image.BICUBIC, box=self.box(*image.size))
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
 
 def clip_transform(size_px: int) -> Callable:
     """open_clip's own train transform (a mild random resized crop, scale 0.9-1)."""
-    return open_clip.image_transform(size_px, is_train=True)
+    return ClipCrop(size_px)
 
 
 def augment_transform(cfg: AugmentConfig, size_px: int) -> Callable:

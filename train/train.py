@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from train import checkpoint
 from train.config import TrainConfig
+from train.augment import normalize_batch
 from train.data import PairStream, collate, pairs_records, resolve_shards, shard_records
 from train.models import create
 from train.strategies import make_strategy, phase_lr, plan_phases
@@ -132,7 +133,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with autocast:
-                    loss, figures = strategy.loss(model, forward, images.to(device), texts.to(device))
+                    loss, figures = strategy.loss(model, forward, normalize_batch(images.to(device)), texts.to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
