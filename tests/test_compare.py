@@ -10,7 +10,8 @@ from curate.scenes import describe, encode, random_scene, render
 from pipelines.config import ConfigError, load_config
 from tests.conftest import EMOJI
 from tests.test_train import _pairs_dir
-from train.compare import LEADING, CompareConfig, compare, t_interval
+from train.compare import LEADING, CompareConfig, compare
+from train.versus import Reference, t_interval, versus_reference
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def _read(path: Path) -> list[dict]:
 def test_grid_writes_results_and_summary_records_failures_and_resumes(eval_pairs, tmp_path, monkeypatch):
     _shards(tmp_path / "shards" / "big", 40, seed=1)
     _shards(tmp_path / "shards" / "tiny", 8, seed=2)
-    compare(_config(eval_pairs), tmp_path)
+    compare(_config(eval_pairs, reference={"subset": "big", "strategy": "clip"}), tmp_path)
 
     rows = _read(tmp_path / "results.csv")
     assert list(rows[0])[:len(LEADING)] == LEADING
@@ -69,6 +70,11 @@ def test_grid_writes_results_and_summary_records_failures_and_resumes(eval_pairs
     assert len(summary) == 8 and summary[0]["seeds_ok"] == "1" and summary[4]["seeds_failed"] == "1"
     assert summary[0]["heldout/retrieval/i2t/r1/ci95"] == ""  # one seed: no interval
     assert float(summary[0]["heldout/retrieval/i2t/r1/mean"]) == float(big[0]["heldout/retrieval/i2t/r1"])
+    versus = [r for r in _read(tmp_path / "versus_reference.csv") if r["metric"] == "heldout/retrieval/i2t/r1"]
+    assert [(r["subset"], r["strategy"], r["regime"], r["verdict"]) for r in versus] == [
+        ("big", "flip", rg, "too few seeds") for rg in ("equal_samples", "one_pass")]  # tiny failed: no pairs
+    assert float(versus[0]["difference"]) == pytest.approx(
+        float(big[2]["heldout/retrieval/i2t/r1"]) - float(big[0]["heldout/retrieval/i2t/r1"]), abs=1e-5)
 
     trained = []
     monkeypatch.setattr("train.train.train", lambda cfg, out: trained.append(out) or 1 / 0)
@@ -110,10 +116,35 @@ def test_compare_config_is_checked_before_any_work(eval_pairs):
         _config(eval_pairs, grids={
             "a": {"subsets": ["x"], "strategies": {"aug": {"name": "clip_aug"}}},
             "b": {"subsets": ["y"], "strategies": {"aug": {"name": "clip_aug", "augment": {"kind": "randaugment"}}}}})
+    with pytest.raises(ValueError, match="not a cell of the grids"):
+        _config(eval_pairs, reference={"subset": "top100", "strategy": "clip"})
     cfg = load_config(REPO / "configs" / "compare" / "emoji.yaml", schema=CompareConfig)
     assert cfg.pipeline is not None and len(cfg.grids) >= 1 and min(len(g.seeds) for g in cfg.grids.values()) >= 3
     with pytest.raises(ConfigError, match="grids"):
         load_config(REPO / "configs" / "compare" / "emoji.yaml", ["grids.tiers.seeds=[]"], schema=CompareConfig)
+
+
+def _row(subset, strategy, seed, value, status="ok"):
+    return {"subset": subset, "strategy": strategy, "model": "m", "regime": "equal_samples", "seed": seed,
+            "status": status, "r5": value}
+
+
+def test_cells_are_measured_against_the_reference_paired_by_seed():
+    """Seed effects shared by both cells cancel: a +0.1 gain on every seed is `better` with a zero-width
+    interval although the seeds spread by 0.5; a failed seed is left out of the pairing."""
+    rows = [_row("all", "clip", s, base) for s, base in enumerate([0.2, 0.5, 0.7])]
+    rows += [_row("top", "clip", s, base + 0.1) for s, base in enumerate([0.2, 0.5, 0.7])]
+    rows += [_row("top", "aug", 0, 0.1), _row("top", "aug", 1, 0.6), _row("top", "aug", 2, 0.9),
+             _row("top", "flip", 0, 0.0), _row("top", "flip", 1, 0.3), _row("top", "flip", 2, 9.0, "failed"),
+             _row("solo", "clip", 0, 0.4)]
+    out = {(r["subset"], r["strategy"]): r for r in versus_reference(rows, Reference(subset="all"), ["r5"])}
+    assert set(out) == {("top", "clip"), ("top", "aug"), ("top", "flip"), ("solo", "clip")}
+    top = out["top", "clip"]
+    assert top["difference"] == pytest.approx(0.1) and top["ci95"] == pytest.approx(0, abs=1e-9)
+    assert top["verdict"] == "better" and top["relative"] == pytest.approx(0.1 / (1.4 / 3), abs=1e-3)
+    assert out["top", "aug"]["verdict"] == "no clear difference"  # -0.1, +0.1, +0.2
+    assert out["top", "flip"]["seeds"] == 2 and out["top", "flip"]["verdict"] == "worse"  # -0.2, -0.2
+    assert out["solo", "clip"]["verdict"] == "too few seeds"
 
 
 def test_t_interval_matches_the_textbook_value():

@@ -163,6 +163,9 @@ def test_training_curves_and_comparison_intervals(tmp_path):
     lines += [f"{s},clip,tiny-vit-32,{seed},192,{v}," for s, vs in scores.items() for seed, v in enumerate(vs)]
     lines.append("top40,clip,tiny-vit-32,0,192,,subset smaller than one batch")
     (run / "results.csv").write_text("\n".join(lines) + "\n")
+    (run / "versus_reference.csv").write_text(
+        "subset,strategy,model,regime,metric,seeds,reference_mean,mean,difference,ci95,relative,verdict\n"
+        "top20,clip,tiny-vit-32,equal_samples,top1,3,0.23,0.33,0.1,0.0332,0.435,better\n")
 
     page = write_report(run).read_text()
     mean, low, high = interval95(scores["top20"])
@@ -172,6 +175,7 @@ def test_training_curves_and_comparison_intervals(tmp_path):
     assert low == pytest.approx(ref[0], abs=1e-3) and high == pytest.approx(ref[1], abs=1e-3)
     assert f"[{low:.4g}, {high:.4g}]" in page
     assert "1 run(s) failed" in page and 'class="error"' not in page
+    assert "+0.1 ± 0.0332 (better)" in page  # the paired difference from the reference cell
     training = page[page.index('id="training"'):page.index('id="comparison"')]
     assert training.count("<img") == 1 and "train/top20" in training and "finished" in training
 

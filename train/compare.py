@@ -2,7 +2,8 @@
 regimes (every subset gets the same samples seen; or each subset is seen once), evaluate every cell on
 the config's eval sets, and tabulate results with 95% intervals over seeds.
 
-DIR/results.csv has one row per cell, DIR/summary.csv one row per (subset, strategy, model, regime).
+DIR/results.csv has one row per cell, DIR/summary.csv one row per (subset, strategy, model, regime), and
+with a `reference:` cell DIR/versus_reference.csv each cell's paired difference from it (train/versus.py).
 A cell's row lives in DIR/train/<cell>/result.json: a finished cell is never trained again; a failed one
 (any exception: a subset smaller than one batch, a missing eval set, ...) is recorded with its error and
 retried on the next run, and the other cells still run."""
@@ -13,7 +14,6 @@ import io
 import json
 import logging
 import re
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from curate.io import atomic_write_bytes, atomic_write_json
 from pipelines.config import PipelineConfig
 from train.config import ClipStrategy, Strategy, TrainConfig
+from train.versus import VERSUS, Reference, t_interval, versus_reference
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class CompareConfig(BaseModel):
     samples_seen: int = Field(ge=1, description="the equal_samples regime's budget, the same for every subset")
     train: dict[str, Any] = Field(default_factory=dict, description="train config keys shared by every cell")
     eval_sets: list[EvalSet] = Field(min_length=1)
+    reference: Reference | None = Field(None, description="measure every cell against this one, paired by "
+                                        "seed -> DIR/versus_reference.csv")
 
     @field_validator("train")
     @classmethod
@@ -101,6 +104,10 @@ class CompareConfig(BaseModel):
             for label, strategy in grid.strategies.items():
                 if labels.setdefault(label, strategy.model_dump()) != strategy.model_dump():
                     raise ValueError(f"strategy label {label!r} names two different configs; give each its own label")
+        subsets = {s for grid in self.grids.values() for s in grid.subsets}
+        if self.reference and (self.reference.strategy not in labels or self.reference.subset not in subsets):
+            raise ValueError(f"reference {self.reference.model_dump()} is not a cell of the grids "
+                             f"(subsets {sorted(subsets)}, strategies {sorted(labels)})")
         return self
 
 
@@ -194,15 +201,8 @@ def write_csv(path: Path, rows: list[dict], leading: list[str]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def t_interval(values: list[float]) -> tuple[float, float | None]:
-    """Mean and the half-width of its 95% t-interval (None with fewer than two values)."""
-    from scipy import stats
-
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, None
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    return mean, half
+def summarized(metric: str) -> bool:
+    return metric in ("wall_s", "samples_per_s") or metric.rsplit("/", 1)[-1] in SUMMARIZED_LEAVES
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -217,8 +217,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         entry = {"subset": subset, "subset_size": members[0]["subset_size"], "strategy": strategy, "model": model,
                  "regime": regime, "samples_seen": ok[0]["samples_seen"] if ok else None, "seeds_ok": len(ok),
                  "seeds_failed": len(members) - len(ok)}
-        metrics = [k for k in sorted({k for r in ok for k in r})
-                   if k in ("wall_s", "samples_per_s") or k.rsplit("/", 1)[-1] in SUMMARIZED_LEAVES]
+        metrics = [k for k in sorted({k for r in ok for k in r}) if summarized(k)]
         for metric in metrics:
             values = [float(r[metric]) for r in ok if r.get(metric) is not None]
             if values:
@@ -253,4 +252,7 @@ def compare(cfg: CompareConfig, out_dir: Path) -> list[dict]:
         rows.append(row)
         write_csv(out_dir / "results.csv", rows, LEADING)
     write_csv(out_dir / "summary.csv", summarize(rows), GROUP)
+    if cfg.reference is not None:
+        metrics = [k for k in sorted({k for r in rows for k in r}) if summarized(k) and k != "wall_s"]
+        write_csv(out_dir / "versus_reference.csv", versus_reference(rows, cfg.reference, metrics), VERSUS)
     return rows

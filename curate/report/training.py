@@ -1,5 +1,6 @@
-"""Training curves (metrics.jsonl under train/ and filter/) and the comparison table with 95% intervals
-(results.csv from `curate compare`; whatever columns it has)."""
+"""Training curves (metrics.jsonl under train/ and filter/), the comparison table with 95% intervals
+(results.csv from `curate compare`; whatever columns it has) and each cell against the reference cell
+(versus_reference.csv)."""
 from __future__ import annotations
 
 import math
@@ -17,6 +18,7 @@ MAX_TABLE_ROWS = 200
 MAX_METRICS = 6
 CELL_KEYS = ("subset", "strategy", "model", "regime")
 NOT_METRICS = {"seed", "subset_size", "samples_seen", "wall_s", "samples_per_s", "steps", "records", "skipped"}
+HEADLINE_LEAVES = ("r5", "top1")  # retrieval R@5 and classification top-1 first; counts (n, classes) never
 # two-sided 95% Student t quantiles by degrees of freedom (1.96 beyond 30)
 T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -66,6 +68,34 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))
 
 
+def headline(metrics: list[str]) -> list[str]:
+    """Up to MAX_METRICS quality metrics: R@5 and top-1 first, then other recalls and top-5."""
+    leaf = lambda m: m.rsplit("/", 1)[-1]  # noqa: E731
+    first = [m for wanted in HEADLINE_LEAVES for m in metrics if leaf(m) == wanted]
+    then = [m for m in metrics if leaf(m) in ("r1", "r10", "top5")]
+    return (first + then)[:MAX_METRICS]
+
+
+def versus(run_dir: Path) -> str:
+    """Each cell minus the reference cell, paired by seed, for the headline metrics and speed."""
+    path = Path(run_dir) / "versus_reference.csv"
+    if not path.exists():
+        return ""
+    records = pacsv.read_csv(path).to_pylist()
+    metrics = headline(list(dict.fromkeys(r["metric"] for r in records))) + ["samples_per_s"]
+    cells: dict[str, dict[str, str]] = {}
+    for r in records:
+        if r["metric"] in metrics:
+            label = " / ".join(str(r[k]) for k in CELL_KEYS)
+            half = "" if r["ci95"] is None else f" ± {fmt(r['ci95'])}"
+            cells.setdefault(label, {})[r["metric"]] = f"{r['difference']:+.4g}{half} ({r['verdict']})"
+    rows = [[label, *(found.get(m, "") for m in metrics)] for label, found in cells.items()]
+    return ("<h3>Against the reference cell, paired by seed</h3>"
+            + note("cell minus reference on the same seed: mean ± 95% interval half-width; `better`/`worse` "
+                   "when the interval excludes zero (versus_reference.csv)")
+            + table(["cell (" + " / ".join(CELL_KEYS) + ")", *metrics], rows))
+
+
 def comparison(run_dir: Path) -> str:
     path = Path(run_dir) / "results.csv"
     if not path.exists():
@@ -77,8 +107,8 @@ def comparison(run_dir: Path) -> str:
     failed = [r for r in records if r.get("error") or r.get("status") == "failed"]
     good = [r for r in records if r not in failed]
     keys = [k for k in CELL_KEYS if k in columns]
-    metrics = [c for c in columns if c not in NOT_METRICS and c not in keys
-               and any(_is_number(r.get(c)) for r in good)][:MAX_METRICS]
+    metrics = headline([c for c in columns if c not in NOT_METRICS and c not in keys
+                        and any(_is_number(r.get(c)) for r in good)])
     cells: dict[str, dict[str, list[float]]] = {}
     for r in good:
         label = " / ".join(str(r[k]) for k in keys) or "all"
@@ -101,6 +131,7 @@ def comparison(run_dir: Path) -> str:
         body.append(table(["metric", "cell (" + " / ".join(keys) + ")", "runs", "mean", "95% interval"], summary_rows))
     else:
         body.append(missing("results.csv has no numeric metric columns to compare."))
+    body.append(versus(run_dir))
     if failed:
         body.append(note(f"{len(failed)} run(s) failed and are left out of the means."))
     shown = records[:MAX_TABLE_ROWS]
