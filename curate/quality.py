@@ -73,3 +73,32 @@ def dedup_quality(run_dir: Path, pool_path: Path) -> dict:
         result[name] = {"dropped": len(dropped), "same_family": right,
                         "precision": round(right / max(len(dropped), 1), 4), "dropped_by_noise": by_noise}
     return result
+
+
+def natural_structure(run_dir: Path, pool_path: Path, pairs_path: Path, family_column: str = "base_hexcode") -> dict:
+    """What dedup did to a --from-pairs pool's own structure (e.g. the emoji's skin-tone variants, which
+    share `base_hexcode`). Per drop reason: dropped rows whose kept member is the same source pair (a
+    planted copy), another member of its family (e.g. a skin-tone sibling), or something else. Family
+    recall: of the pairs of distinct source pairs of one family (originals only, both scored), the share
+    that dedup put in one group."""
+    pool = pq.read_table(pool_path, columns=["uid", "src_key", "gt_noise"]).to_pylist()
+    family_of_key = dict(zip(*pq.read_table(pairs_path, columns=["key", family_column]).to_pydict().values()))
+    source = {r["uid"]: r["src_key"] for r in pool}
+    dup = {r["uid"]: r for r in pq.read_table(Path(run_dir) / "dedup" / "dup.parquet").to_pylist()}
+    result: dict = {}
+    for reason in ("exact_image", "exact_pair", "near_caption", "near_image"):
+        counts = {"same_source": 0, "same_family": 0, "other": 0}
+        for r in dup.values():
+            if r["dup_keep"] is False and r["dup_reason"] == reason:
+                a, b = source.get(r["uid"]), source.get(r["dup_of"])
+                kind = "same_source" if a == b else "same_family" if family_of_key.get(a) == family_of_key.get(b) else "other"
+                counts[kind] += 1
+        result[reason] = counts
+    members: dict = {}
+    for r in pool:
+        if r["gt_noise"] not in ("exact_duplicate", "near_duplicate") and dup.get(r["uid"], {}).get("dup_keep") is not None:
+            members.setdefault(family_of_key.get(r["src_key"]), []).append(r["uid"])
+    pairs = [(a, b) for uids in members.values() for i, a in enumerate(uids) for b in uids[i + 1:]]
+    found = sum(1 for a, b in pairs if dup[a]["dup_group"] is not None and dup[a]["dup_group"] == dup[b]["dup_group"])
+    result["family_pairs"] = {"pairs": len(pairs), "in_one_group": found, "recall": round(found / max(len(pairs), 1), 4)}
+    return result

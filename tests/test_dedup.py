@@ -1,5 +1,6 @@
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from curate.dedup import DedupConfig, find_duplicates
@@ -132,3 +133,21 @@ def test_ray_shuffle_banding_finds_the_same_pairs_as_memory(ray_local):
     memory = near_duplicate_captions(captions, 0.7, 64, "word", 1)
     shuffled = near_duplicate_captions(captions, 0.7, 64, "word", 1, buckets=ray_buckets)
     assert shuffled == memory and len(memory) >= 60
+
+
+def test_natural_structure_sorts_drops_by_source_and_family(tmp_path):
+    """Four source emoji: a, its skin-tone sibling a2 (same base), b; row 'copy' is a planted copy of a."""
+    from curate.quality import natural_structure
+
+    pq.write_table(pa.table({"key": ["a", "a2", "b"], "base_hexcode": ["A", "A", "B"]}), tmp_path / "pairs.parquet")
+    pq.write_table(pa.table({"uid": ["u1", "u2", "u3", "copy"], "src_key": ["a", "a2", "b", "a"],
+                             "gt_noise": ["clean", "clean", "clean", "near_duplicate"]}), tmp_path / "pool.parquet")
+    (tmp_path / "run" / "dedup").mkdir(parents=True)
+    pq.write_table(pa.table({"uid": ["u1", "u2", "u3", "copy"], "dup_group": [1, 1, 2, 1],
+                             "dup_keep": [True, False, False, False],
+                             "dup_reason": [None, "near_image", "near_image", "near_image"],
+                             "dup_of": ["u1", "u1", "u1", "u1"]}), tmp_path / "run" / "dedup" / "dup.parquet")
+    out = natural_structure(tmp_path / "run", tmp_path / "pool.parquet", tmp_path / "pairs.parquet")
+    assert out["near_image"] == {"same_source": 1, "same_family": 1, "other": 1}
+    assert out["exact_image"] == {"same_source": 0, "same_family": 0, "other": 0}
+    assert out["family_pairs"] == {"pairs": 1, "in_one_group": 1, "recall": 1.0}  # (u1, u2); the copy is left out
