@@ -2,8 +2,8 @@
 
     python benchmarks/load_pool.py [--pool-rows 100000] [--meta-rows 1000000] [--out benchmarks/results]
 
-- pool: `configs/demo.yaml` with `synth.n = --pool-rows`, every stage run as its own `curate run --stages S`
-  child process (then `curate report`), each timed, with the peak resident memory of its process tree
+- pool: `configs/demo.yaml` with `synth.n = --pool-rows`, every stage run as its own `curate run --stages S
+  --no-report` child process (then `curate report`), each timed, with the peak resident memory of its process tree
   sampled every 0.2 s. Checks that every pool row ends in `tier/accounting.parquet`.
 - meta: a run directory of `--meta-rows` downloaded and scored rows (tiny images in 100 download tars),
   then the tier stage (five standard tiers after dedup) and the shard stage's planning for every subset
@@ -55,7 +55,7 @@ def load_pool(rows: int, work: Path) -> dict:
     sets = [f"synth.n={rows}", "runner.kind=local", "download.rows_per_part=5000", "shard.samples_per_shard=5000"]
     stages = {}
     for stage in STAGES:
-        cmd = [*cli, "run", "configs/demo.yaml", "--out", str(run), "--stages", stage]
+        cmd = [*cli, "run", "configs/demo.yaml", "--out", str(run), "--stages", stage, "--no-report"]
         stages[stage] = run_measured(cmd + [arg for s in sets for arg in ("--set", s)], log)
         print(stage, stages[stage], file=sys.stderr)
     stages["report"] = run_measured([*cli, "report", str(run)], log)

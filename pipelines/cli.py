@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", type=Path, help="pipeline YAML, e.g. configs/demo.yaml")
     run.add_argument("--out", type=Path, required=True, help="run directory")
     run.add_argument("--stages", help="comma-separated subset of the config's stages, e.g. download")
+    run.add_argument("--no-report", action="store_true",
+                     help="do not write RUN/report.html at the end (`curate report RUN` writes it later)")
     _add_common(run)
 
     synth = sub.add_parser("synth", help="make a synthetic web-like pool with ground-truth noise labels",
@@ -168,7 +170,7 @@ def _cmd_run(args) -> int:
     if args.stages:
         overrides.append(f"stages=[{args.stages}]")
     cfg = load_config(args.config, overrides)
-    stats = run_pipeline(cfg, args.out)
+    stats = run_pipeline(cfg, args.out, report=not args.no_report)
     for stage, s in stats.items():
         if stage != "synth" and "by_status" in s:
             print_funnel(stage, s)

@@ -159,8 +159,10 @@ def run_shard(cfg: ShardConfig, out_dir: Path, runner) -> dict:
     return stats
 
 
-def run_pipeline(cfg: PipelineConfig, out_dir: Path, only: list[str] | None = None) -> dict[str, dict]:
-    """Run `cfg.stages` (or just `only`) in order; returns each stage's stats."""
+def run_pipeline(cfg: PipelineConfig, out_dir: Path, only: list[str] | None = None,
+                 report: bool = True) -> dict[str, dict]:
+    """Run `cfg.stages` (or just `only`) in order; returns each stage's stats. A whole run (not `only`)
+    ends by writing the report, also after a failed stage, unless `report` is false."""
     out_dir = Path(out_dir)
     write_resolved(cfg, out_dir)
     synth_dir = out_dir / "synth"
@@ -188,11 +190,11 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, only: list[str] | None = No
             elif stage == "shard":
                 stats[stage] = run_shard(cfg.shard, out_dir, runner)
     except Exception:
-        if only is None:  # a whole run: show what exists, then fail as before
+        if only is None and report:  # a whole run: show what exists, then fail as before
             write_report_after_failure(out_dir)
         raise
     finally:
         runner.close()
-    if only is None:
+    if only is None and report:
         write_report(out_dir)
     return stats

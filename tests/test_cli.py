@@ -41,6 +41,12 @@ def test_run_synth_and_download_end_to_end(tmp_path, capsys):
     assert stats["input_rows"] == 120 == sum(stats["by_status"].values())
     assert f"{stats['by_status']['ok']:>9}" in printed and "= input rows" in printed
     assert (out / "config.resolved.yaml").exists() and len(list((out / "download" / "shards").glob("*.tar"))) == 3
+    assert (out / "report.html").exists()
+    (out / "report.html").unlink()
+    assert main(["run", "configs/demo.yaml", "--out", str(out), "--runner", "local", "--stages", "download",
+                 "--no-report", "--set", "synth.n=120", "--set", "synth.hang_s=3", "--set", "download.timeout_s=2",
+                 "--set", "download.rows_per_part=50"]) == 0  # resumes: every part is done
+    assert not (out / "report.html").exists()
 
 
 def test_synth_then_download_as_separate_commands(tmp_path, capsys):
