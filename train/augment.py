@@ -51,9 +51,14 @@ class ClipCrop:
             if 0 < w <= width and 0 < h <= height:
                 left, top = int(u_x * (width - w + 1)), int(u_y * (height - h + 1))
                 return left, top, left + w, top + h
-        side = min(width, height)  # torchvision's fallback: the central crop
-        left, top = (width - side) // 2, (height - side) // 2
-        return left, top, left + side, top + side
+        w, h = width, height  # torchvision's fallback: the central crop at the nearest allowed aspect
+        lo, hi = math.exp(self.log_ratio[0]), math.exp(self.log_ratio[1])
+        if width / height < lo:
+            h = round(width / lo)
+        elif width / height > hi:
+            w = round(height * hi)
+        left, top = (width - w) // 2, (height - h) // 2
+        return left, top, left + w, top + h
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")
