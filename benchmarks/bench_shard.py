@@ -42,6 +42,16 @@ def random_uids(n: int, rng):
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data))
 
 
+def random_dedup_marks(uids, rng):
+    """dup.parquet rows for `uids`: 80% kept, the rest dropped as near_caption."""
+    import numpy as np
+    import pyarrow as pa
+
+    keep = rng.random(len(uids)) < 0.8
+    return pa.table({"uid": uids, "dup_keep": keep,
+                     "dup_reason": pa.array(np.where(keep, None, "near_caption"), pa.string())})
+
+
 def make_download_run(root: Path, n: int, per_tar: int = 5000) -> float:
     """A run dir with download tars of n JPEGs and score parts; returns the tars' total MB."""
     import numpy as np
@@ -120,9 +130,7 @@ def make_score_table(root: Path, rows: int) -> None:
                           "caption_boilerplate": rng.random(n) < 0.05})
         pq.write_table(table.select(["uid", "status"]), root / "download" / "_input" / f"part-{p:05d}.parquet")
         pq.write_table(table, root / "score" / f"part-{p:05d}.parquet")
-        keep = rng.random(n) < 0.8
-        dups.append(pa.table({"uid": uids, "dup_keep": keep,
-                              "dup_reason": pa.array(np.where(keep, None, "near_caption"), pa.string())}))
+        dups.append(random_dedup_marks(uids, rng))
     pq.write_table(pa.concat_tables(dups), root / "dedup" / "dup.parquet")
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_shard import random_uids  # noqa: E402
+from benchmarks.bench_shard import random_dedup_marks, random_uids  # noqa: E402
 from benchmarks.common import emit, tree_rss_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,9 +98,7 @@ def make_meta_run(root: Path, rows: int, tars: int = 100) -> None:
         pq.write_table(table.select(["uid", "status"]), root / "download" / "_input" / f"part-{p:05d}.parquet")
         pq.write_table(table.drop_columns(["score_filter"]), root / "download" / f"part-{p:05d}.parquet")
         pq.write_table(table, root / "score" / f"part-{p:05d}.parquet")
-        keep = rng.random(n) < 0.8
-        dups.append(pa.table({"uid": uids, "dup_keep": keep,
-                              "dup_reason": pa.array(np.where(keep, None, "near_caption"), pa.string())}))
+        dups.append(random_dedup_marks(uids, rng))
     pq.write_table(pa.concat_tables(dups), root / "dedup" / "dup.parquet")
 
 
