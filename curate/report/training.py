@@ -69,11 +69,12 @@ def _is_number(v) -> bool:
 
 
 def headline(metrics: list[str]) -> list[str]:
-    """Up to MAX_METRICS quality metrics: R@5 and top-1 first, then other recalls and top-5."""
-    leaf = lambda m: m.rsplit("/", 1)[-1]  # noqa: E731
-    first = [m for wanted in HEADLINE_LEAVES for m in metrics if leaf(m) == wanted]
-    then = [m for m in metrics if leaf(m) in ("r1", "r10", "top5")]
-    return (first + then)[:MAX_METRICS]
+    """Up to MAX_METRICS quality metrics: R@5 and top-1 first, then other recalls and top-5; metrics of
+    other names (a results.csv not from `curate eval`) in their own order."""
+    leaves = [m.rsplit("/", 1)[-1] for m in metrics]
+    first = [m for wanted in HEADLINE_LEAVES for m, leaf in zip(metrics, leaves) if leaf == wanted]
+    then = [m for m, leaf in zip(metrics, leaves) if leaf in ("r1", "r10", "top5")]
+    return (first + then or metrics)[:MAX_METRICS]
 
 
 def versus(run_dir: Path) -> str:
