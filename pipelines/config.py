@@ -17,6 +17,7 @@ from curate.score import ScoreConfig
 from curate.shard import ShardConfig
 from curate.synth import SynthConfig
 from curate.tier import TierConfig
+from train.config import ClipStrategy, Strategy
 
 STAGES = ("synth", "download", "filter", "score", "dedup", "tier", "shard")
 PROVENANCE_PACKAGES = ("torch", "open_clip_torch", "img2dataset", "webdataset", "ray", "pyarrow", "pydantic")
@@ -47,6 +48,8 @@ class FilterConfig(BaseModel):
     batch_size: int = Field(256, ge=2)
     lr: float = Field(5e-4, gt=0)
     workers: int = Field(1, ge=0)
+    strategy: Strategy = Field(default_factory=ClipStrategy, description="the training strategy, as in "
+                               "`curate train` (e.g. {name: slip}: SimCLR views make crops of one image agree)")
 
 
 class PipelineConfig(BaseModel):

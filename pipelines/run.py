@@ -100,7 +100,8 @@ def run_filter(cfg: FilterConfig, out_dir: Path) -> dict:
             write_seed_pairs(cfg.seed_n, cfg.seed, pairs)
     train_cfg = TrainConfig.model_validate({
         "model": cfg.model, "samples_seen": cfg.samples_seen, "batch_size": cfg.batch_size, "lr": cfg.lr,
-        "seed": cfg.seed, "data": {"pairs": str(pairs), "workers": cfg.workers}})
+        "seed": cfg.seed, "data": {"pairs": str(pairs), "workers": cfg.workers},
+        "strategy": cfg.strategy.model_dump()})
     return train(train_cfg, filter_dir)
 
 

@@ -63,3 +63,15 @@ def test_shipped_train_config_is_valid():
 
     cfg = load_config("configs/train/emoji-twitter.yaml", schema=TrainConfig)
     assert cfg.steps * cfg.batch_size == cfg.samples_seen == 102400
+
+
+def test_the_filter_network_trains_with_the_configured_strategy(tmp_path, monkeypatch):
+    from pipelines.run import run_filter
+
+    seen = []
+    monkeypatch.setattr("train.train.train", lambda cfg, out: seen.append(cfg) or {})
+    cfg = load_config("configs/demo.yaml", ["filter.strategy={name: slip, ssl_scale: 0.5}", "filter.seed_n=10"])
+    run_filter(cfg.filter, tmp_path)
+    assert seen[0].strategy.name == "slip" and seen[0].strategy.ssl_scale == 0.5
+    with pytest.raises(ConfigError, match="strategy"):
+        load_config("configs/demo.yaml", ["filter.strategy={name: nonsense}"])
