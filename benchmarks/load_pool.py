@@ -103,7 +103,7 @@ def make_meta_run(root: Path, rows: int, tars: int = 100) -> None:
 
 
 def meta_child(root: Path) -> None:
-    """In a child process: tier, then plan every subset's shards; prints JSON timings."""
+    """In a child process: tier, then plan every subset's shards; writes the timings to ROOT/timings.json."""
     from curate.shard import ShardConfig, known_subsets, plan_subset, read_sources
     from curate.tier import TierConfig, run_tier
     from curate.tier_rules import DedupKeep
@@ -113,10 +113,11 @@ def meta_child(root: Path) -> None:
     tier_s, start = time.perf_counter() - start, time.perf_counter()
     cfg, sources, tar_index, planned = ShardConfig(samples_per_shard=10_000), read_sources(root), {}, {}
     for subset in known_subsets(root):
-        parts, plan = plan_subset(root, subset, cfg, sources, tar_index)
+        _, plan = plan_subset(root, subset, cfg, sources, tar_index)
         planned[subset] = plan["samples"]
-    print(json.dumps({"tier_s": round(tier_s, 1), "shard_plan_s": round(time.perf_counter() - start, 1),
-                      "top100": counts["subsets"]["top100"], "planned": planned}))
+    timings = {"tier_s": round(tier_s, 1), "shard_plan_s": round(time.perf_counter() - start, 1),
+               "top100": counts["subsets"]["top100"], "planned": planned}
+    (root / "timings.json").write_text(json.dumps(timings))
 
 
 def load_meta(rows: int, work: Path) -> dict:
@@ -124,10 +125,8 @@ def load_meta(rows: int, work: Path) -> dict:
     start = time.perf_counter()
     make_meta_run(root, rows)
     build_s = time.perf_counter() - start
-    out = work / "meta.json"
-    measured = run_measured(["bash", "-c", f'"{sys.executable}" "{__file__}" --meta-child "{root}" > "{out}"'],
-                            work / "meta.log")
-    result = json.loads(out.read_text())
+    measured = run_measured([sys.executable, __file__, "--meta-child", str(root)], work / "meta.log")
+    result = json.loads((root / "timings.json").read_text())
     assert result["planned"]["top100"] == result["top100"], result
     return {"rows": rows, "build_s": round(build_s, 1), **result, **measured}
 
