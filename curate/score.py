@@ -4,8 +4,10 @@ decodes gets `decode_error`. Images are read from the download stage's tars by k
 from __future__ import annotations
 
 import io
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +45,7 @@ class ScoreConfig(BaseModel):
     actors: int = Field(1, ge=1, le=1024, description="model replicas (Ray actors)")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
     num_gpus: float | None = Field(None, ge=0, description="GPUs per actor; none = 1 when CUDA is visible here")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast for both encoders (GPUs; CPUs with AMX)")
 
     @model_validator(mode="after")
     def _unique(self) -> "ScoreConfig":
@@ -55,9 +58,10 @@ class ScoreConfig(BaseModel):
 def decode_rgb(data: bytes, min_side: int) -> Image.Image:
     """Decode to RGB; a JPEG decodes at a reduced scale (libjpeg's draft mode) that keeps both sides at
     least `min_side`, which the model's resize would throw away anyway."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.draft("RGB", (min_side, min_side))
-        return im.convert("RGB")
+    im = Image.open(io.BytesIO(data))
+    im.draft("RGB", (min_side, min_side))
+    im.load()
+    return im if im.mode == "RGB" else im.convert("RGB")  # convert would copy even an RGB image
 
 
 def _read_images(table: pa.Table, download_dir: Path) -> dict[str, bytes]:
@@ -128,52 +132,73 @@ class ScoreStage(MapStage):
             self._scorers.append((s.name, model, pixel_batcher(model), tokenizer(name)))
         self._decode_px = max(batcher.size for _, _, batcher, _ in self._scorers)
 
-    def _prepare(self, rows: list[int], raw: dict[str, bytes], uids: list[str], captions: list[str]):
-        """Decode one batch and build every scorer's inputs. Runs in a helper thread while the model
-        works on the previous batch. Returns (decoded rows, {row: error}, [(pixels, tokens)] per scorer)."""
+    def _tokens(self, rows: list[int], captions: list[str]) -> list:
+        """Every scorer's tokens for these rows (helper thread)."""
+        texts = [captions[i] for i in rows]
+        return [tokenize(texts) for _, _, _, tokenize in self._scorers]
+
+    def _pixels(self, rows: list[int], raw: Future, uids: list[str]):
+        """Decode one batch (helper thread, while the model works on text or the previous batch).
+        Returns (decoded rows, {row: error}, pixels per scorer)."""
+        images_by_uid = raw.result()
         good, failures, images = [], {}, []
         for i in rows:
-            if uids[i] not in raw:
+            if uids[i] not in images_by_uid:
                 failures[i] = "score: image missing from its download shard (a damaged or incomplete tar)"
                 continue
             try:
-                images.append(decode_rgb(raw[uids[i]], self._decode_px))
+                images.append(decode_rgb(images_by_uid[uids[i]], self._decode_px))
                 good.append(i)
             except (OSError, ValueError, Image.DecompressionBombError) as err:
                 failures[i] = f"score: {type(err).__name__}: {err}"[:500]
-        inputs = [(batcher(images), tokenize([captions[i] for i in good])) if good else (None, None)
-                  for _, _, batcher, tokenize in self._scorers]
-        return good, failures, inputs
+        return good, failures, [batcher(images) if good else None for _, _, batcher, _ in self._scorers]
 
-    def process_part(self, table: pa.Table, part: Part) -> pa.Table:
+    def _autocast(self):
         import torch
 
-        raw = _read_images(table, self.download_dir)
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self._device.split(":")[0], dtype=torch.bfloat16)
+        return nullcontext()
+
+    def process_part(self, table: pa.Table, part: Part) -> pa.Table:
+        """One helper thread reads the tar, tokenises and decodes ahead while this thread runs the models:
+        a batch's captions encode while its images decode."""
+        import torch
+
         statuses, errors = table.column(STATUS).to_pylist(), table.column(ERROR).to_pylist()
         uids, captions = table.column(UID).to_pylist(), table.column(CAPTION).to_pylist()
-        n, bs = len(uids), self.cfg.batch_size
+        n, bs, device = len(uids), self.cfg.batch_size, self._device
         todo = [i for i in range(n) if statuses[i] == Status.OK]
         batches = [todo[k:k + bs] for k in range(0, len(todo), bs)]
         scores = np.full((len(self._scorers), n), np.nan, dtype=np.float32)
         embeddings: list[np.ndarray] = []
         scored: list[int] = []
-        with ThreadPoolExecutor(max_workers=1) as helper, torch.no_grad():
-            upcoming = helper.submit(self._prepare, batches[0], raw, uids, captions) if batches else None
-            for k in range(len(batches)):
-                good, failures, inputs = upcoming.result()
-                if k + 1 < len(batches):
-                    upcoming = helper.submit(self._prepare, batches[k + 1], raw, uids, captions)
+        with ThreadPoolExecutor(max_workers=1) as helper, torch.no_grad(), self._autocast():
+            def submit(batch: list[int]) -> tuple[Future, Future]:
+                return helper.submit(self._tokens, batch, captions), helper.submit(self._pixels, batch, raw, uids)
+
+            first = helper.submit(self._tokens, batches[0], captions) if batches else None
+            raw = helper.submit(_read_images, table, self.download_dir)
+            upcoming = (first, helper.submit(self._pixels, batches[0], raw, uids)) if batches else None
+            signals = helper.submit(_heuristic_columns, table, raw)
+            for k, batch in enumerate(batches):
+                tokens, pixels = upcoming
+                texts = [model.encode_text(t.to(device), normalize=True).float().cpu().numpy()
+                         for (_, model, _, _), t in zip(self._scorers, tokens.result())]
+                good, failures, pixels = pixels.result()
+                upcoming = submit(batches[k + 1]) if k + 1 < len(batches) else None
                 for i, error in failures.items():
                     statuses[i], errors[i] = Status.DECODE_ERROR, error
                 if not good:
                     continue
-                for s, ((_, model, _, _), (pixels, tokens)) in enumerate(zip(self._scorers, inputs)):
-                    img = model.encode_image(pixels.to(self._device), normalize=True).float().cpu().numpy()
-                    txt = model.encode_text(tokens.to(self._device), normalize=True).float().cpu().numpy()
-                    scores[s, good] = (img * txt).sum(1)
+                decoded = np.isin(batch, good)
+                for s, ((_, model, _, _), px, txt) in enumerate(zip(self._scorers, pixels, texts)):
+                    img = model.encode_image(px.to(device), normalize=True).float().cpu().numpy()
+                    scores[s, good] = (img * txt[decoded]).sum(1)
                     if s == 0:
-                        embeddings.append(np.stack([img, txt]))
+                        embeddings.append(np.stack([img, txt[decoded]]))
                 scored += good
+            signals = signals.result()
         out = table.set_column(table.schema.get_field_index(STATUS), STATUS, pa.array(statuses, pa.string()))
         out = out.set_column(out.schema.get_field_index(ERROR), ERROR, pa.array(errors, pa.string()))
         for s, (name, _, _, _) in enumerate(self._scorers):
@@ -182,7 +207,9 @@ class ScoreStage(MapStage):
         dim = both.shape[2] if both is not None else 1
         for k, col in enumerate((IMAGE_EMBEDDING, TEXT_EMBEDDING)):
             out = out.append_column(col, _fixed_lists(both[k] if both is not None else None, scored, n, dim))
-        return _add_heuristics(out, raw)
+        for name, column in signals.items():
+            out = out.append_column(name, column)
+        return out
 
 
 class PixelBatcher:
@@ -239,7 +266,9 @@ def _fixed_lists(values: np.ndarray | None, rows: list[int], n: int, dim: int) -
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim, mask=pa.array(mask))
 
 
-def _add_heuristics(table: pa.Table, raw: dict[str, bytes]) -> pa.Table:
+def _heuristic_columns(table: pa.Table, raw: Future) -> dict[str, pa.Array]:
+    """The heuristic signal columns of every row (image sizes from the future of the uid -> bytes map)."""
+    raw = raw.result()
     signals = {k: [] for k in HEURISTIC_COLUMNS}
     cols = (UID, CAPTION, "width", "height")
     for uid, caption, w, h in zip(*(table.column(c).to_pylist() for c in cols)):
@@ -247,6 +276,4 @@ def _add_heuristics(table: pa.Table, raw: dict[str, bytes]) -> pa.Table:
         row = {**caption_signals(caption or ""), **image_signals(w, h, len(data) if data else None)}
         for k in signals:
             signals[k].append(row[k])
-    for k, t in HEURISTIC_COLUMNS.items():
-        table = table.append_column(k, pa.array(signals[k], t))
-    return table
+    return {k: pa.array(signals[k], t) for k, t in HEURISTIC_COLUMNS.items()}

@@ -57,8 +57,11 @@ def create(name: str, pretrained: str | None = None, device: str = "cpu") -> tor
 
 
 def tokenizer(name: str):
+    """open_clip's tokenizer for this model, with the identical-output fast path of `fast_tokenizer`."""
+    from train.fast_tokenizer import accelerate
+
     register_model_configs()
-    return open_clip.get_tokenizer(name)
+    return accelerate(open_clip.get_tokenizer(name))
 
 
 def image_size(model: torch.nn.Module) -> int:
