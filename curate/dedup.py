@@ -13,9 +13,11 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from curate.io import atomic_write_json, atomic_write_parquet, fingerprint, list_parts, markers_fingerprint, read_json
+from curate.image_match import THUMB_PX, pixel_match, thumbnail
 from curate.minhash import memory_buckets, near_duplicate_captions
 from curate.schema import STATUS, UID, Status
 from curate.semdedup import near_duplicate_images
+from curate.tars import read_images
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,10 @@ class DedupConfig(BaseModel):
     shingle_n: int = Field(2, ge=1, le=10, description="word bigrams by default: one changed word in a short caption is not a duplicate")
     images: bool = True
     image_eps: float = Field(0.05, ge=0, lt=1, description="pairs with cosine >= 1 - eps are near duplicates")
+    image_match_min: float | None = Field(
+        None, ge=-1, le=1, description="also require this pixel correlation of the pair, best over centred crops "
+        "(copies only: re-encoded, resized, margins cropped); null = SemDeDup alone, which also drops "
+        "different pictures of the same thing")
     cluster_size: int = Field(1000, ge=2, description="k-means clusters = rows / cluster_size")
     keep: Literal["score", "farthest_from_centroid"] = Field("score", description="which member of a group stays")
     keep_score: str | None = Field(None, description="score column for keep=score; default the first score_*")
@@ -78,7 +84,8 @@ def _exact_links(keys: list, groups: _Groups, reason: int) -> int:
     return n
 
 
-def read_scored(score_dir: Path, keep_score: str | None) -> tuple[pa.Table, str | None]:
+def read_scored(score_dir: Path, keep_score: str | None, image_keys: bool = False) -> tuple[pa.Table, str | None]:
+    """The score output's columns dedup needs (with `image_keys`, where each image lies in the download tars)."""
     parts = list_parts(score_dir)
     if not parts:
         raise FileNotFoundError(f"{score_dir} holds no parts: run the score stage first")
@@ -88,12 +95,15 @@ def read_scored(score_dir: Path, keep_score: str | None) -> tuple[pa.Table, str 
     if keep_col is not None and keep_col not in names:
         raise ValueError(f"dedup.keep_score {keep_col!r} is not a column of the score output ({scores})")
     columns = [UID, STATUS, "caption", "sha256", "caption_hash", "image_embedding"] + ([keep_col] if keep_col else [])
+    columns += ["shard", "key"] if image_keys else []
     return pa.concat_tables([pq.read_table(p, columns=columns) for p in parts]), keep_col
 
 
-def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None, buckets=memory_buckets) -> pa.Table:
+def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None, buckets=memory_buckets,
+                    download_dir: Path | None = None) -> pa.Table:
     """dup.parquet's table for `table` (all rows; only `ok` rows take part). `buckets` groups caption
-    signatures by LSH band (in memory, or a Ray shuffle passed in by the pipeline)."""
+    signatures by LSH band (in memory, or a Ray shuffle passed in by the pipeline); `download_dir` holds
+    the images for `image_match_min`."""
     n = table.num_rows
     ok = np.array([s == Status.OK for s in table.column(STATUS).to_pylist()])
     rows = np.flatnonzero(ok)
@@ -118,6 +128,8 @@ def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None, buc
         vectors = np.asarray(emb.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
         vectors[np.asarray(emb.is_null())] = np.nan
         pairs, centroid_sim = near_duplicate_images(vectors, cfg.image_eps, cfg.cluster_size)
+        if cfg.image_match_min is not None and pairs:
+            pairs = _pixel_confirmed(pairs, table.take(taken), download_dir, cfg.image_match_min)
         for i, j, sim in pairs:
             groups.link(i, j, 3, sim)
 
@@ -149,6 +161,22 @@ def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None, buc
                      "dup_similarity": pa.array(similarity, pa.float32())})
 
 
+def _pixel_confirmed(pairs: list, table: pa.Table, download_dir: Path | None, minimum: float) -> list:
+    """The candidate pairs whose images also match pixel for pixel (curate.image_match)."""
+    if download_dir is None:
+        raise ValueError("dedup.image_match_min needs the download stage's images (run inside a run directory)")
+    first, second = (np.array(side) for side in zip(*((i, j) for i, j, _ in pairs)))
+    involved = np.unique(np.concatenate([first, second]))
+    images = read_images(table.take(pa.array(involved)), download_dir)
+    blank = np.zeros((THUMB_PX, THUMB_PX, 3), np.uint8)  # an unreadable image correlates with nothing
+    thumbs = [thumbnail(images[u]) if u in images else None for u in table.column(UID).take(pa.array(involved)).to_pylist()]
+    thumbs = np.stack([blank if t is None else t for t in thumbs])
+    match = pixel_match(thumbs, np.searchsorted(involved, first), np.searchsorted(involved, second), minimum)
+    confirmed = [pair for pair, m in zip(pairs, match) if m >= minimum]
+    log.info("dedup: %d of %d near-image candidate pairs match pixel for pixel", len(confirmed), len(pairs))
+    return confirmed
+
+
 def _preference(scores: list | None, n: int, cfg: DedupConfig, centroid_sim) -> np.ndarray:
     """Higher is kept first."""
     if cfg.keep == "farthest_from_centroid":
@@ -171,8 +199,8 @@ def run_dedup(cfg: DedupConfig, run_dir: Path, buckets=memory_buckets) -> dict:
         log.info("dedup: %s is up to date", out_dir)
         return read_json(out_dir / "stats.json")
     start = time.time()
-    table, keep_col = read_scored(score_dir, cfg.keep_score)
-    dup = find_duplicates(table, cfg, keep_col, buckets)
+    table, keep_col = read_scored(score_dir, cfg.keep_score, image_keys=cfg.image_match_min is not None)
+    dup = find_duplicates(table, cfg, keep_col, buckets, run_dir / "download")
     atomic_write_parquet(out_dir / "dup.parquet", dup)
     reasons = dup.column("dup_reason").to_pylist()
     keeps = dup.column("dup_keep").to_pylist()

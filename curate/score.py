@@ -18,7 +18,7 @@ from curate.heuristics import COLUMNS as HEURISTIC_COLUMNS, caption_signals, ima
 from curate.io import Part, fingerprint
 from curate.schema import CAPTION, ERROR, STATUS, UID, Status
 from curate.stage import MapStage, Resources
-from curate.tars import read_files
+from curate.tars import read_images
 
 IMAGE_EMBEDDING, TEXT_EMBEDDING = "image_embedding", "text_embedding"
 
@@ -62,28 +62,6 @@ def decode_rgb(data: bytes, min_side: int) -> Image.Image:
     im.draft("RGB", (min_side, min_side))
     im.load()
     return im if im.mode == "RGB" else im.convert("RGB")  # convert would copy even an RGB image
-
-
-def _read_images(table: pa.Table, download_dir: Path) -> dict[str, bytes]:
-    """uid -> image bytes for the ok rows, reading each tar once."""
-    wanted: dict[str, dict[str, str]] = {}
-    for uid, status, shard, key in zip(*(table.column(c).to_pylist() for c in (UID, STATUS, "shard", "key"))):
-        if status == Status.OK and shard and key:
-            wanted.setdefault(shard, {})[key] = uid
-    images: dict[str, bytes] = {}
-    root = Path(download_dir).resolve()
-    for shard, keys in wanted.items():
-        path = (root / shard).resolve()
-        if not path.is_relative_to(root):
-            raise ValueError(f"shard {shard!r} points outside {root}; the download parts are not ours")
-
-        def wanted_member(name: str) -> bool:
-            key, _, ext = name.partition(".")
-            return key in keys and ext.lower() in ("jpg", "jpeg", "png", "webp")
-
-        files, _ = read_files(path, wanted_member)  # a damaged tar: the rows it lost get decode_error
-        images.update((keys[name.partition(".")[0]], data) for name, data in files.items())
-    return images
 
 
 class ScoreStage(MapStage):
@@ -178,7 +156,7 @@ class ScoreStage(MapStage):
                 return helper.submit(self._tokens, batch, captions), helper.submit(self._pixels, batch, raw, uids)
 
             first = helper.submit(self._tokens, batches[0], captions) if batches else None
-            raw = helper.submit(_read_images, table, self.download_dir)
+            raw = helper.submit(read_images, table, self.download_dir)
             upcoming = (first, helper.submit(self._pixels, batches[0], raw, uids)) if batches else None
             signals = helper.submit(_heuristic_columns, table, raw)
             for k, batch in enumerate(batches):

@@ -7,6 +7,10 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
+import pyarrow as pa
+
+from curate.schema import STATUS, UID, Status
+
 log = logging.getLogger(__name__)
 
 
@@ -45,3 +49,26 @@ def read_files(path: Path, wanted: Callable[[str], bool]) -> tuple[dict[str, byt
         log.warning("%s is damaged (%s); kept the %d members before it", path, err, len(files))
         return files, f"{type(err).__name__}: {err}"
     return files, None
+
+
+def read_images(table: pa.Table, download_dir: Path) -> dict[str, bytes]:
+    """uid -> image bytes of a download table's `ok` rows (columns uid, status, shard, key), reading each
+    tar once. A row whose member is missing or in the damaged part of its tar is absent from the result."""
+    wanted: dict[str, dict[str, str]] = {}
+    for uid, status, shard, key in zip(*(table.column(c).to_pylist() for c in (UID, STATUS, "shard", "key"))):
+        if status == Status.OK and shard and key:
+            wanted.setdefault(shard, {})[key] = uid
+    images: dict[str, bytes] = {}
+    root = Path(download_dir).resolve()
+    for shard, keys in wanted.items():
+        path = (root / shard).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(f"shard {shard!r} points outside {root}; the download parts are not ours")
+
+        def wanted_member(name: str) -> bool:
+            key, _, ext = name.partition(".")
+            return key in keys and ext.lower() in ("jpg", "jpeg", "png", "webp")
+
+        files, _ = read_files(path, wanted_member)
+        images.update((keys[name.partition(".")[0]], data) for name, data in files.items())
+    return images

@@ -151,3 +151,59 @@ def test_natural_structure_sorts_drops_by_source_and_family(tmp_path):
     assert out["near_image"] == {"same_source": 1, "same_family": 1, "other": 1}
     assert out["exact_image"] == {"same_source": 0, "same_family": 0, "other": 0}
     assert out["family_pairs"] == {"pairs": 1, "in_one_group": 1, "recall": 1.0}  # (u1, u2); the copy is left out
+
+
+def _scene_bytes(seed: int, size=(128, 112)) -> tuple[bytes, "Image.Image"]:
+    from curate.scenes import encode, random_scene, render
+
+    rng = np.random.default_rng(seed)
+    image = render(random_scene(rng), rng, *size)
+    return encode(image), image
+
+
+def test_pixel_match_confirms_copies_and_rejects_lookalikes():
+    from curate.image_match import pixel_match, thumbnail
+    from curate.synth import _near_copy
+
+    original, image = _scene_bytes(1)
+    copies = [_near_copy(image, np.random.default_rng(k)) for k in range(8)]  # margins cropped, resized, re-encoded
+    others = [_scene_bytes(seed)[0] for seed in range(2, 10)]
+    blank = np.zeros((96, 96, 3), np.uint8)
+    thumbs = np.stack([thumbnail(original), *(thumbnail(c) for c in copies), *(thumbnail(o) for o in others), blank, blank])
+    n_copies = len(copies)
+    first = np.array([0] * (n_copies + len(others)) + [0, len(thumbs) - 2])
+    second = np.array([*range(1, len(thumbs) - 2), len(thumbs) - 1, len(thumbs) - 1])
+    match = pixel_match(thumbs, first, second, 0.97)
+    assert (match[:n_copies] >= 0.97).all(), match[:n_copies]
+    assert (match[n_copies:n_copies + len(others)] < 0.9).all()
+    assert match[-2] < 0.5 and match[-1] < 0.5  # a blank image correlates with nothing, not even a blank one
+    assert pixel_match(thumbs, np.array([0]), np.array([0]), 0.97)[0] == pytest.approx(1.0, abs=1e-4)
+    assert thumbnail(b"not an image") is None
+
+
+def test_image_match_min_drops_lookalikes_that_semdedup_alone_links(tmp_path):
+    """Rows 0 and 1 are a picture and its copy; row 2 is another picture whose embedding is identical (as a
+    weak model embeds similar scenes). SemDeDup alone links all three; with the pixel check only the copy."""
+    import io
+    import tarfile
+
+    from curate.synth import _near_copy
+
+    original, image = _scene_bytes(1)
+    payloads = [original, _near_copy(image, np.random.default_rng(0)), _scene_bytes(2)[0]]
+    (tmp_path / "shards").mkdir()
+    with tarfile.open(tmp_path / "shards" / "00000.tar", "w") as tar:
+        for k, data in enumerate(payloads):
+            info = tarfile.TarInfo(f"{k:09d}.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    e = _unit([1, 2, 3, 4, 5, 6, 7, 8])
+    table = _table([("ok", f"sha{k}", f"caption number {k}", e, 0.5 - 0.1 * k) for k in range(3)])
+    table = table.append_column("shard", pa.array(["shards/00000.tar"] * 3)).append_column("key", pa.array([f"{k:09d}" for k in range(3)]))
+    alone = find_duplicates(table, DedupConfig(), "score_x").to_pylist()
+    assert [r["dup_reason"] for r in alone] == [None, "near_image", "near_image"]
+    checked = find_duplicates(table, DedupConfig(image_match_min=0.97), "score_x", download_dir=tmp_path).to_pylist()
+    assert [r["dup_reason"] for r in checked] == [None, "near_image", None]
+    assert checked[1]["dup_of"] == checked[0]["uid"] and checked[2]["dup_group"] is None
+    with pytest.raises(ValueError, match="download"):
+        find_duplicates(table, DedupConfig(image_match_min=0.97), "score_x")
