@@ -13,11 +13,10 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from curate.io import atomic_write_json, atomic_write_parquet, fingerprint, list_parts, markers_fingerprint, read_json
-from curate.image_match import THUMB_PX, pixel_match, thumbnail
+from curate.image_match import load_thumbnails, pixel_match
 from curate.minhash import memory_buckets, near_duplicate_captions
 from curate.schema import STATUS, UID, Status
 from curate.semdedup import near_duplicate_images
-from curate.tars import read_images
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +166,7 @@ def _pixel_confirmed(pairs: list, table: pa.Table, download_dir: Path | None, mi
         raise ValueError("dedup.image_match_min needs the download stage's images (run inside a run directory)")
     first, second = (np.array(side) for side in zip(*((i, j) for i, j, _ in pairs)))
     involved = np.unique(np.concatenate([first, second]))
-    images = read_images(table.take(pa.array(involved)), download_dir)
-    blank = np.zeros((THUMB_PX, THUMB_PX, 3), np.uint8)  # an unreadable image correlates with nothing
-    thumbs = [thumbnail(images[u]) if u in images else None for u in table.column(UID).take(pa.array(involved)).to_pylist()]
-    thumbs = np.stack([blank if t is None else t for t in thumbs])
+    thumbs = load_thumbnails(table.take(pa.array(involved)), download_dir)
     match = pixel_match(thumbs, np.searchsorted(involved, first), np.searchsorted(involved, second), minimum)
     confirmed = [pair for pair, m in zip(pairs, match) if m >= minimum]
     log.info("dedup: %d of %d near-image candidate pairs match pixel for pixel", len(confirmed), len(pairs))

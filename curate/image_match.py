@@ -3,15 +3,22 @@ two different pictures of similar things are close too. A copy (re-encoded, resi
 off) matches its original pixel for pixel once the two are brought to the same scale, so each pair is
 compared over a small grid of centred crops of either image and the best match counts.
 
-Thumbnails are `THUMB_PX` square RGB (27 KB a row in memory, only for rows in some candidate pair); crops
+Thumbnails are `THUMB_PX` square RGB (12 KB a row in memory, only for rows in some candidate pair); crops
 are resampled with `torchvision.ops.roi_align` and compared by Pearson correlation, first coarsely (16 px,
 5 x 5 crops) and then, for pairs within COARSE_SLACK of the bar, finely (32 px, 9 x 9 crops)."""
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
+from pathlib import Path
 
-THUMB_PX = 96
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+from tqdm import tqdm
+
+from curate.schema import UID
+from curate.tars import read_images
+
+THUMB_PX = 64
 FINE = (32, tuple(1 - k * 0.025 for k in range(9)))  # (crop px, kept share of each axis): margins up to 10% a side
 COARSE = (16, (1.0, 0.95, 0.9, 0.85, 0.8))  # a cheap first pass; only pairs near the bar get the fine one
 COARSE_SLACK = 0.08
@@ -26,6 +33,22 @@ def thumbnail(data: bytes) -> np.ndarray | None:
         return np.asarray(decode_rgb(data, THUMB_PX).resize((THUMB_PX, THUMB_PX), Image.Resampling.BOX))
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
+
+
+def load_thumbnails(table: pa.Table, download_dir: Path) -> np.ndarray:
+    """Thumbnails of the table's rows (uid, status, shard, key), in order, reading one download tar at a
+    time; zeros (which match nothing) where an image is missing or does not decode."""
+    thumbs = np.zeros((table.num_rows, THUMB_PX, THUMB_PX, 3), np.uint8)
+    uids, rows_by_shard = table.column(UID).to_pylist(), {}
+    for k, shard in enumerate(table.column("shard").to_pylist()):
+        rows_by_shard.setdefault(shard, []).append(k)
+    for rows in tqdm(rows_by_shard.values(), desc="dedup pixels", unit="tar", mininterval=2, leave=False):
+        images = read_images(table.take(pa.array(rows)), download_dir)
+        for k in rows:
+            thumb = thumbnail(images[uids[k]]) if uids[k] in images else None
+            if thumb is not None:
+                thumbs[k] = thumb
+    return thumbs
 
 
 def _crops(thumbs: np.ndarray, px: int, fractions: tuple[float, ...]):

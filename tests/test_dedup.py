@@ -168,7 +168,7 @@ def test_pixel_match_confirms_copies_and_rejects_lookalikes():
     original, image = _scene_bytes(1)
     copies = [_near_copy(image, np.random.default_rng(k)) for k in range(8)]  # margins cropped, resized, re-encoded
     others = [_scene_bytes(seed)[0] for seed in range(2, 10)]
-    blank = np.zeros((96, 96, 3), np.uint8)
+    blank = np.zeros((64, 64, 3), np.uint8)
     thumbs = np.stack([thumbnail(original), *(thumbnail(c) for c in copies), *(thumbnail(o) for o in others), blank, blank])
     n_copies = len(copies)
     first = np.array([0] * (n_copies + len(others)) + [0, len(thumbs) - 2])
