@@ -75,7 +75,7 @@ def aligned_similarity(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray
     the whole of the other. 1.0 for identical pictures; a plain image (no variation) matches nothing."""
     import torch
 
-    whole = _crops(thumbs, px, (1.0,))[:, 0]
+    whole = torch.cat([_crops(thumbs[lo:lo + CHUNK_ROWS], px, (1.0,))[:, 0] for lo in range(0, len(thumbs), CHUNK_ROWS)])
     best = torch.full((len(first),), -1.0)
     sides = []
     for mine, other in ((first, second), (second, first)):
