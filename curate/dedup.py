@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from curate.io import atomic_write_json, atomic_write_parquet, fingerprint, list_parts, markers_fingerprint, read_json
-from curate.image_match import load_thumbnails, pixel_match
+from curate.image_match import ThumbnailStore, pixel_match
 from curate.minhash import memory_buckets, near_duplicate_captions
 from curate.schema import STATUS, UID, Status
 from curate.semdedup import near_duplicate_images
@@ -126,9 +126,10 @@ def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None, buc
         dim = emb.type.list_size
         vectors = np.asarray(emb.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
         vectors[np.asarray(emb.is_null())] = np.nan
-        pairs, centroid_sim = near_duplicate_images(vectors, cfg.image_eps, cfg.cluster_size)
-        if cfg.image_match_min is not None and pairs:
-            pairs = _pixel_confirmed(pairs, table.take(taken), download_dir, cfg.image_match_min)
+        check = None if cfg.image_match_min is None else PixelCheck(table.take(taken), download_dir, cfg.image_match_min)
+        pairs, centroid_sim = near_duplicate_images(vectors, cfg.image_eps, cfg.cluster_size, confirm=check)
+        if check is not None:
+            log.info("dedup: %d of %d near-image candidate pairs match pixel for pixel", check.confirmed, check.candidates)
         for i, j, sim in pairs:
             groups.link(i, j, 3, sim)
 
@@ -160,17 +161,22 @@ def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None, buc
                      "dup_similarity": pa.array(similarity, pa.float32())})
 
 
-def _pixel_confirmed(pairs: list, table: pa.Table, download_dir: Path | None, minimum: float) -> list:
-    """The candidate pairs whose images also match pixel for pixel (curate.image_match)."""
-    if download_dir is None:
-        raise ValueError("dedup.image_match_min needs the download stage's images (run inside a run directory)")
-    first, second = (np.array(side) for side in zip(*((i, j) for i, j, _ in pairs)))
-    involved = np.unique(np.concatenate([first, second]))
-    thumbs = load_thumbnails(table.take(pa.array(involved)), download_dir)
-    match = pixel_match(thumbs, np.searchsorted(involved, first), np.searchsorted(involved, second), minimum)
-    confirmed = [pair for pair, m in zip(pairs, match) if m >= minimum]
-    log.info("dedup: %d of %d near-image candidate pairs match pixel for pixel", len(confirmed), len(pairs))
-    return confirmed
+class PixelCheck:
+    """SemDeDup's `confirm`: which candidate pairs (row numbers of `table`) also match pixel for pixel
+    (curate.image_match), with counts for the log."""
+
+    def __init__(self, table: pa.Table, download_dir: Path | None, minimum: float):
+        if download_dir is None:
+            raise ValueError("dedup.image_match_min needs the download stage's images (run inside a run directory)")
+        self.store, self.minimum = ThumbnailStore(table, download_dir), minimum
+        self.candidates = self.confirmed = 0
+
+    def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        rows = np.unique(np.concatenate([first, second]))
+        match = pixel_match(self.store.get(rows), np.searchsorted(rows, first), np.searchsorted(rows, second), self.minimum)
+        ok = match >= self.minimum
+        self.candidates, self.confirmed = self.candidates + len(first), self.confirmed + int(ok.sum())
+        return ok
 
 
 def _preference(scores: list | None, n: int, cfg: DedupConfig, centroid_sim) -> np.ndarray:

@@ -3,9 +3,9 @@ two different pictures of similar things are close too. A copy (re-encoded, resi
 off) matches its original pixel for pixel once the two are brought to the same scale, so each pair is
 compared over a small grid of centred crops of either image and the best match counts.
 
-Thumbnails are `THUMB_PX` square RGB (12 KB a row in memory, only for rows in some candidate pair); crops
-are resampled with `torchvision.ops.roi_align` and compared by Pearson correlation, first coarsely (16 px,
-5 x 5 crops) and then, for pairs within COARSE_SLACK of the bar, finely (32 px, 9 x 9 crops)."""
+Thumbnails are `THUMB_PX` square RGB (12 KB a row, kept for rows that were in some candidate pair); crops are
+resampled by area averaging and compared by Pearson correlation in passes of growing detail:
+a pair goes on to the next pass only while it stays within that pass's slack of the bar."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from PIL import Image
-from tqdm import tqdm
 
-from curate.schema import UID
-from curate.tars import read_images
+from curate.tars import index_tar
 
 THUMB_PX = 64
-FINE = (32, tuple(1 - k * 0.025 for k in range(9)))  # (crop px, kept share of each axis): margins up to 10% a side
-COARSE = (16, (1.0, 0.95, 0.9, 0.85, 0.8))  # a cheap first pass; only pairs near the bar get the fine one
-COARSE_SLACK = 0.08
+PASSES = (  # (crop px, kept share of each axis, slack below the bar that still goes on to the next pass)
+    (8, (1.0, 0.9, 0.8), 0.15),
+    (16, (1.0, 0.95, 0.9, 0.85, 0.8), 0.08),
+    (32, tuple(1 - k * 0.025 for k in range(9)), 0.0),  # margins of up to 10% a side, in 2.5% steps
+)
 CHUNK_ROWS = 256
 
 
@@ -35,36 +35,62 @@ def thumbnail(data: bytes) -> np.ndarray | None:
         return None
 
 
-def load_thumbnails(table: pa.Table, download_dir: Path) -> np.ndarray:
-    """Thumbnails of the table's rows (uid, status, shard, key), in order, reading one download tar at a
-    time; zeros (which match nothing) where an image is missing or does not decode."""
-    thumbs = np.zeros((table.num_rows, THUMB_PX, THUMB_PX, 3), np.uint8)
-    uids, rows_by_shard = table.column(UID).to_pylist(), {}
-    for k, shard in enumerate(table.column("shard").to_pylist()):
-        rows_by_shard.setdefault(shard, []).append(k)
-    for rows in tqdm(rows_by_shard.values(), desc="dedup pixels", unit="tar", mininterval=2, leave=False):
-        images = read_images(table.take(pa.array(rows)), download_dir)
-        for k in rows:
-            thumb = thumbnail(images[uids[k]]) if uids[k] in images else None
-            if thumb is not None:
-                thumbs[k] = thumb
-    return thumbs
+class ThumbnailStore:
+    """Thumbnails of a table's rows (uid, shard, key) by row number, read on first use straight from the
+    download tars (each tar's header index is built once); zeros, which match nothing, where an image is
+    missing or does not decode."""
+
+    def __init__(self, table: pa.Table, download_dir: Path):
+        self.root = Path(download_dir).resolve()
+        self.shards, self.keys = table.column("shard").to_pylist(), table.column("key").to_pylist()
+        self.indexes: dict[str, dict] = {}
+        self.cache: dict[int, np.ndarray] = {}
+
+    def _index(self, shard: str) -> dict:
+        if shard not in self.indexes:
+            path = (self.root / shard).resolve()
+            if not path.is_relative_to(self.root):
+                raise ValueError(f"shard {shard!r} points outside {self.root}; the download parts are not ours")
+            self.indexes[shard] = index_tar(path) if path.is_file() else {}
+        return self.indexes[shard]
+
+    def _read(self, row: int) -> np.ndarray:
+        shard, key = self.shards[row], self.keys[row]
+        where = self._index(shard).get(key) if shard and key else None
+        thumb = None
+        if where is not None:
+            with open(self.root / shard, "rb") as f:
+                f.seek(where[0])
+                thumb = thumbnail(f.read(where[1]))
+        return np.zeros((THUMB_PX, THUMB_PX, 3), np.uint8) if thumb is None else thumb
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        for row in rows.tolist():
+            if row not in self.cache:
+                self.cache[row] = self._read(row)
+        return np.stack([self.cache[row] for row in rows.tolist()])
+
+
+def _area_weights(size: int, px: int, fraction: float) -> np.ndarray:
+    """(px, size): output pixel k of a centred crop keeping `fraction` of the axis, as the area average of
+    the input pixels it covers (partial pixels weighted by their overlap)."""
+    step = size * fraction / px
+    edges = size * (1 - fraction) / 2 + step * np.arange(px + 1)
+    pixels = np.arange(size)
+    overlap = np.minimum(edges[1:, None], pixels + 1) - np.maximum(edges[:-1, None], pixels)
+    return np.clip(overlap, 0, None) / step
 
 
 def _crops(thumbs: np.ndarray, px: int, fractions: tuple[float, ...]):
-    """(rows, crops, px * px * 3) unit vectors (mean removed) of every centred crop (a tensor)."""
+    """(rows, crops, px * px * 3) unit vectors (mean removed) of every centred crop (each axis keeping each
+    of `fractions`), resampled by area: two matrix products per row (a tensor)."""
     import torch
-    from torchvision.ops import roi_align
 
-    pixels = torch.from_numpy(np.ascontiguousarray(thumbs)).permute(0, 3, 1, 2).float()
-    pixels = torch.nn.functional.adaptive_avg_pool2d(pixels, min(2 * px, thumbs.shape[1]))  # area-average first:
-    n, size = len(thumbs), pixels.shape[-1]  # then 2 x 2 bilinear samples per crop pixel are enough
-    boxes = [[size * (1 - fx) / 2, size * (1 - fy) / 2, size * (1 + fx) / 2, size * (1 + fy) / 2]
-             for fx in fractions for fy in fractions]
-    rois = torch.cat([torch.arange(n).repeat_interleave(len(boxes))[:, None].float(),
-                      torch.tensor(boxes, dtype=torch.float32).repeat(n, 1)], 1)
-    crops = roi_align(pixels, rois, output_size=px, sampling_ratio=2, aligned=True)
-    crops = crops.reshape(n, len(boxes), -1)
+    size = thumbs.shape[1]
+    weights = torch.from_numpy(np.stack([_area_weights(size, px, f) for f in fractions]).astype(np.float32))
+    pixels = torch.from_numpy(np.ascontiguousarray(thumbs)).float()  # (n, y, x, 3)
+    rows = torch.einsum("fpy,nyxc->nfpxc", weights, pixels)
+    crops = torch.einsum("gqx,nfpxc->nfgpqc", weights, rows).reshape(len(thumbs), len(fractions) ** 2, -1)
     crops = crops - crops.mean(2, keepdim=True)
     return crops / crops.norm(dim=2, keepdim=True).clamp_min(1e-6)
 
@@ -93,12 +119,15 @@ def aligned_similarity(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray
 
 
 def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float) -> np.ndarray:
-    """Each pair's aligned similarity: the fine one where the coarse one came within COARSE_SLACK of
-    `minimum`, else the coarse one (which is then far below the bar)."""
-    match = aligned_similarity(thumbs, first, second, *COARSE)
-    close = np.flatnonzero(match >= minimum - COARSE_SLACK)
-    if len(close):
+    """Each pair's aligned similarity after the passes (`PASSES`): the last pass's value for pairs that
+    stayed near the bar throughout, else the value of the pass that let them go (below the bar)."""
+    match = np.full(len(first), 1.0, dtype=np.float32)
+    close = np.arange(len(first))
+    for px, fractions, slack in PASSES:
+        if not len(close):
+            break
         rows = np.unique(np.concatenate([first[close], second[close]]))
         match[close] = aligned_similarity(thumbs[rows], np.searchsorted(rows, first[close]),
-                                          np.searchsorted(rows, second[close]), *FINE)
+                                          np.searchsorted(rows, second[close]), px, fractions)
+        close = close[match[close] >= minimum - slack]
     return match

@@ -2,8 +2,12 @@
 1 - eps inside each cluster."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from tqdm import tqdm
+
+BLOCK_ROWS = 1024  # rows of a cluster compared with the whole cluster at once
 
 
 def kmeans_assign(embeddings: np.ndarray, n_clusters: int, seed: int = 0, iters: int = 20):
@@ -20,32 +24,42 @@ def kmeans_assign(embeddings: np.ndarray, n_clusters: int, seed: int = 0, iters:
     return assign[:, 0].astype(np.int64), km.centroids
 
 
-def near_duplicate_images(embeddings: np.ndarray, eps: float = 0.05, cluster_size: int = 1000,
-                          seed: int = 0) -> tuple[list[tuple[int, int, float]], np.ndarray]:
+def near_duplicate_images(embeddings: np.ndarray, eps: float = 0.05, cluster_size: int = 1000, seed: int = 0,
+                          confirm: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+                          ) -> tuple[list[tuple[int, int, float]], np.ndarray]:
     """Pairs (i, j, cosine >= 1 - eps) within k-means clusters, and each row's cosine to its centroid.
-    Rows must be unit vectors; rows with NaN never match."""
+    Rows must be unit vectors; rows with NaN never match. `confirm(i, j)` -> bool mask, when given, is
+    asked about each block of candidate pairs as they are found, so only confirmed pairs are kept."""
     x = np.asarray(embeddings, dtype=np.float32)
     valid = np.isfinite(x).all(1)
     idx = np.flatnonzero(valid)
     centroid_sim = np.full(len(x), np.nan, dtype=np.float32)
     if len(idx) < 2:
         return [], centroid_sim
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def keep(i: np.ndarray, j: np.ndarray, sim: np.ndarray) -> None:
+        if confirm is not None and len(i):
+            ok = confirm(i, j)
+            i, j, sim = i[ok], j[ok], sim[ok]
+        found.append((i, j, sim))
+
     # identical vectors (a constant image) link to their first copy; only one copy is clustered
     _, first, inverse = np.unique(x[idx], axis=0, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
-    pairs: list[tuple[int, int, float]] = [(int(idx[first[g]]), int(i), 1.0)
-                                           for i, g in zip(idx, inverse) if idx[first[g]] != i]
+    copies = idx[first[inverse]] != idx
+    keep(idx[first[inverse]][copies], idx[copies], np.ones(int(copies.sum()), dtype=np.float32))
     reps = idx[np.sort(first)]
     assign, centroids = kmeans_assign(x[reps], max(1, len(reps) // cluster_size), seed)
     centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
     centroid_sim[idx] = np.einsum("ij,ij->i", x[idx], centroids[assign[np.searchsorted(reps, idx[first[inverse]])]])
     for c in tqdm(np.unique(assign), desc="dedup images", unit="cluster", mininterval=2, leave=False):
         members = reps[assign == c]
-        for lo in range(0, len(members), 4096):
-            block = x[members[lo:lo + 4096]] @ x[members].T
+        for lo in range(0, len(members), BLOCK_ROWS):
+            block = x[members[lo:lo + BLOCK_ROWS]] @ x[members].T
             rows, cols = np.nonzero(block >= 1 - eps)
-            for r, col in zip(rows, cols):
-                i, j = members[lo + r], members[col]
-                if i < j:
-                    pairs.append((int(i), int(j), float(block[r, col])))
-    return pairs, centroid_sim
+            i, j = members[lo + rows], members[cols]
+            upper = i < j
+            keep(i[upper], j[upper], block[rows[upper], cols[upper]])
+    i, j, sim = (np.concatenate(parts) for parts in zip(*found))
+    return list(zip(i.tolist(), j.tolist(), sim.tolist())), centroid_sim

@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import shutil
-import tarfile
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from curate.io import Part, atomic_write_json, atomic_write_parquet, fingerprint, part_name, read_json
 from curate.schema import CAPTION, STATUS, UID
 from curate.stage import MapStage, Resources
-from curate.tars import safe_members
+from curate.tars import index_tar
 from curate.tier import available_columns, read_pool
 from curate.tier_rules import SUBSET_NAME
 
@@ -54,19 +53,6 @@ def image_extension(data: bytes) -> str:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
     return "jpg"
-
-
-def index_tar(path: Path) -> dict[str, tuple[int, int]]:
-    """key -> (byte offset, size) of each image member, reading headers only. Members past damage, with
-    unsafe names, or whose bytes the file does not fully hold are left out (their samples count as missing)."""
-    found = {}
-    file_size = path.stat().st_size
-    with tarfile.open(path) as tar:
-        for member in safe_members(tar):
-            key, _, ext = member.name.partition(".")
-            if ext.lower() in ("jpg", "jpeg", "png", "webp") and member.offset_data + member.size <= file_size:
-                found[key] = (member.offset_data, member.size)
-    return found
 
 
 def _check_directory(shard_dir: Path) -> None:

@@ -72,3 +72,16 @@ def read_images(table: pa.Table, download_dir: Path) -> dict[str, bytes]:
         files, _ = read_files(path, wanted_member)
         images.update((keys[name.partition(".")[0]], data) for name, data in files.items())
     return images
+
+
+def index_tar(path: Path) -> dict[str, tuple[int, int]]:
+    """key -> (byte offset, size) of each image member, reading headers only. Members past damage, with
+    unsafe names, or whose bytes the file does not fully hold are left out (their samples count as missing)."""
+    found = {}
+    file_size = path.stat().st_size
+    with tarfile.open(path) as tar:
+        for member in safe_members(tar):
+            key, _, ext = member.name.partition(".")
+            if ext.lower() in ("jpg", "jpeg", "png", "webp") and member.offset_data + member.size <= file_size:
+                found[key] = (member.offset_data, member.size)
+    return found
