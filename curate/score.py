@@ -152,11 +152,12 @@ class ScoreStage(MapStage):
         embeddings: list[np.ndarray] = []
         scored: list[int] = []
         with ThreadPoolExecutor(max_workers=1) as helper, torch.no_grad(), self._autocast():
+            first = helper.submit(self._tokens, batches[0], captions) if batches else None  # queued before the
+            raw = helper.submit(read_images, table, self.download_dir)  # tar read: captions encode meanwhile
+
             def submit(batch: list[int]) -> tuple[Future, Future]:
                 return helper.submit(self._tokens, batch, captions), helper.submit(self._pixels, batch, raw, uids)
 
-            first = helper.submit(self._tokens, batches[0], captions) if batches else None
-            raw = helper.submit(read_images, table, self.download_dir)
             upcoming = (first, helper.submit(self._pixels, batches[0], raw, uids)) if batches else None
             signals = helper.submit(_heuristic_columns, table, raw)
             for k, batch in enumerate(batches):
