@@ -14,7 +14,6 @@ forward (so neither side pays first-call allocations or catches the other's quie
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import os
 import sys
@@ -88,8 +87,6 @@ def main() -> None:
                        work / "download", work)
     stage.ensure_setup()  # model load happens once per worker, not per part: keep it out of the timing
     model = stage._scorers[0][1]  # the very model the stage runs, for the bare forward
-    autocast = (torch.autocast(args.device, dtype=torch.bfloat16) if args.precision == "bf16"
-                else contextlib.nullcontext())
 
     rows = pq.read_table(part_path).to_pylist()
     transform = open_clip.image_transform(image_size(model), is_train=False)
@@ -100,7 +97,7 @@ def main() -> None:
     tokens = tokenize([r["caption"] for r in rows]).to(args.device)
 
     def bare() -> None:
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), stage._autocast():
             for i in range(0, len(rows), args.batch):
                 model.encode_image(pixels[i:i + args.batch], normalize=True).float().cpu()
                 model.encode_text(tokens[i:i + args.batch], normalize=True).float().cpu()
@@ -116,7 +113,7 @@ def main() -> None:
         bare_times.append(time.perf_counter() - start)
     stage_s, bare_s = min(stage_times), min(bare_times)
 
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), stage._autocast():
         start = time.perf_counter()
         for r in rows[:args.per_sample_n]:
             image = transform(Image.open(io.BytesIO(raw[r["key"]])).convert("RGB"))[None].to(args.device)  # as Data-Juicer does

@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from curate.tars import index_tar
+from curate.score import decode_rgb
+from curate.tars import index_tar, shard_path
 
 THUMB_PX = 64
 PASSES = (  # (crop px, kept share of each axis, slack below the bar that still goes on to the next pass)
@@ -27,8 +28,6 @@ CHUNK_ROWS = 256
 
 def thumbnail(data: bytes) -> np.ndarray | None:
     """The image squashed to THUMB_PX x THUMB_PX RGB (uint8); None when it does not decode."""
-    from curate.score import decode_rgb
-
     try:
         return np.asarray(decode_rgb(data, THUMB_PX).resize((THUMB_PX, THUMB_PX), Image.Resampling.BOX))
     except (OSError, ValueError, Image.DecompressionBombError):
@@ -41,25 +40,23 @@ class ThumbnailStore:
     missing or does not decode."""
 
     def __init__(self, table: pa.Table, download_dir: Path):
-        self.root = Path(download_dir).resolve()
+        self.download_dir = download_dir
         self.shards, self.keys = table.column("shard").to_pylist(), table.column("key").to_pylist()
-        self.indexes: dict[str, dict] = {}
+        self.indexes: dict[str, tuple[Path, dict]] = {}
         self.cache: dict[int, np.ndarray] = {}
 
-    def _index(self, shard: str) -> dict:
+    def _index(self, shard: str) -> tuple[Path, dict]:
         if shard not in self.indexes:
-            path = (self.root / shard).resolve()
-            if not path.is_relative_to(self.root):
-                raise ValueError(f"shard {shard!r} points outside {self.root}; the download parts are not ours")
-            self.indexes[shard] = index_tar(path) if path.is_file() else {}
+            path = shard_path(self.download_dir, shard)
+            self.indexes[shard] = path, index_tar(path) if path.is_file() else {}
         return self.indexes[shard]
 
     def _read(self, row: int) -> np.ndarray:
         shard, key = self.shards[row], self.keys[row]
-        where = self._index(shard).get(key) if shard and key else None
-        thumb = None
+        path, index = self._index(shard) if shard and key else (None, {})
+        where, thumb = index.get(key), None
         if where is not None:
-            with open(self.root / shard, "rb") as f:
+            with open(path, "rb") as f:
                 f.seek(where[0])
                 thumb = thumbnail(f.read(where[1]))
         return np.zeros((THUMB_PX, THUMB_PX, 3), np.uint8) if thumb is None else thumb

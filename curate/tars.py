@@ -51,6 +51,15 @@ def read_files(path: Path, wanted: Callable[[str], bool]) -> tuple[dict[str, byt
     return files, None
 
 
+def shard_path(download_dir: Path, shard: str) -> Path:
+    """A download part's `shard` value as a path, which must lie inside `download_dir`."""
+    root = Path(download_dir).resolve()
+    path = (root / shard).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"shard {shard!r} points outside {root}; the download parts are not ours")
+    return path
+
+
 def read_images(table: pa.Table, download_dir: Path) -> dict[str, bytes]:
     """uid -> image bytes of a download table's `ok` rows (columns uid, status, shard, key), reading each
     tar once. A row whose member is missing or in the damaged part of its tar is absent from the result."""
@@ -59,11 +68,8 @@ def read_images(table: pa.Table, download_dir: Path) -> dict[str, bytes]:
         if status == Status.OK and shard and key:
             wanted.setdefault(shard, {})[key] = uid
     images: dict[str, bytes] = {}
-    root = Path(download_dir).resolve()
     for shard, keys in wanted.items():
-        path = (root / shard).resolve()
-        if not path.is_relative_to(root):
-            raise ValueError(f"shard {shard!r} points outside {root}; the download parts are not ours")
+        path = shard_path(download_dir, shard)
 
         def wanted_member(name: str) -> bool:
             key, _, ext = name.partition(".")

@@ -50,7 +50,6 @@ class FastEncode:
 
 def accelerate(tok):
     """The same tokenizer with the fast encode where it applies (plain SimpleTokenizer configs)."""
-    if type(tok) is oc.SimpleTokenizer and tok.clean_fn in _CLEAN_AFTER_BASIC and not hasattr(tok, "fast"):
-        tok.fast = FastEncode(tok)
-        tok.encode = tok.fast
+    if type(tok) is oc.SimpleTokenizer and tok.clean_fn in _CLEAN_AFTER_BASIC and not isinstance(tok.encode, FastEncode):
+        tok.encode = FastEncode(tok)
     return tok
