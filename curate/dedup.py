@@ -10,8 +10,9 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from curate.copy_search import copy_candidates
 from curate.io import atomic_write_json, atomic_write_parquet, fingerprint, list_parts, markers_fingerprint, read_json
 from curate.image_match import ThumbnailStore, pixel_match
 from curate.minhash import memory_buckets, near_duplicate_captions
@@ -37,11 +38,21 @@ class DedupConfig(BaseModel):
         None, ge=-1, le=1, description="also require this pixel correlation of the pair, best over centred crops "
         "(copies only: re-encoded, resized, margins cropped); null = SemDeDup alone, which also drops "
         "different pictures of the same thing")
+    copy_search_k: int = Field(
+        0, ge=0, le=100, description="also propose each row's k nearest images by their own pixels (8 px "
+        "thumbnails, crops included) for the pixel check: finds copies a weak embedding puts far apart; "
+        "needs image_match_min; 0 = off")
     cluster_size: int = Field(1000, ge=2, description="k-means clusters = rows / cluster_size")
     keep: Literal["score", "farthest_from_centroid"] = Field("score", description="which member of a group stays")
     keep_score: str | None = Field(None, description="score column for keep=score; default the first score_*")
     lsh_shuffle: Literal["memory", "ray"] = Field(
         "memory", description="group LSH bands in memory, or as a Ray shuffle (group by band key) across the cluster")
+
+    @model_validator(mode="after")
+    def _copy_search_needs_pixel_check(self) -> "DedupConfig":
+        if self.copy_search_k and self.image_match_min is None:
+            raise ValueError("dedup.copy_search_k proposes pairs for the pixel check: set dedup.image_match_min too")
+        return self
 
 
 class _Groups:
@@ -51,6 +62,7 @@ class _Groups:
         self.parent = np.arange(n)
         self.reason = np.full(n, len(REASONS), dtype=np.int8)
         self.similarity = np.full(n, np.nan, dtype=np.float32)
+        self.partner = np.full(n, -1)
 
     def find(self, i: int) -> int:
         root = i
@@ -63,7 +75,7 @@ class _Groups:
     def link(self, i: int, j: int, reason: int, similarity: float) -> None:
         for k in (i, j):
             if reason < self.reason[k]:
-                self.reason[k], self.similarity[k] = reason, similarity
+                self.reason[k], self.similarity[k], self.partner[k] = reason, similarity, i + j - k
         a, b = self.find(i), self.find(j)
         if a != b:
             self.parent[max(a, b)] = min(a, b)
@@ -132,6 +144,14 @@ def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None, buc
             log.info("dedup: %d of %d near-image candidate pairs match pixel for pixel", check.confirmed, check.candidates)
         for i, j, sim in pairs:
             groups.link(i, j, 3, sim)
+        if cfg.copy_search_k:
+            first, second = copy_candidates(check.store, len(rows), cfg.copy_search_k)
+            ok = check(first, second)  # in one call: each row's crops are computed once per pass
+            confirmed = first[ok], second[ok]
+            log.info("dedup: copy search proposed %d pairs, %d match pixel for pixel", len(first), len(confirmed[0]))
+            cosine = np.einsum("ij,ij->i", vectors[confirmed[0]], vectors[confirmed[1]])
+            for i, j, sim in zip(*confirmed, cosine):
+                groups.link(int(i), int(j), 3, float(sim))
 
     preference = _preference(column(keep_col) if keep_col else None, len(rows), cfg, centroid_sim)
     roots = np.array([groups.find(k) for k in range(len(rows))])
@@ -145,6 +165,7 @@ def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None, buc
     reason = [None] * n
     dup_of = [None] * n
     similarity = [None] * n
+    linked_to = [None] * n
     uids = table.column(UID).to_pylist()
     for k, i in enumerate(rows):
         root = int(roots[k])
@@ -156,9 +177,10 @@ def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None, buc
             reason[i] = REASONS[groups.reason[k]]
             dup_of[i] = uids[rows[kept]]
             similarity[i] = float(groups.similarity[k])
+            linked_to[i] = uids[rows[groups.partner[k]]]
     return pa.table({UID: uids, "dup_group": pa.array(group, pa.int64()), "dup_keep": pa.array(keep, pa.bool_()),
                      "dup_reason": pa.array(reason, pa.string()), "dup_of": pa.array(dup_of, pa.string()),
-                     "dup_similarity": pa.array(similarity, pa.float32())})
+                     "dup_similarity": pa.array(similarity, pa.float32()), "dup_linked_to": pa.array(linked_to, pa.string())})
 
 
 class PixelCheck:

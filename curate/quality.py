@@ -47,9 +47,11 @@ def dedup_quality(run_dir: Path, pool_path: Path) -> dict:
     """Precision and recall of dedup/dup.parquet against the planted duplicates of a synthetic pool.
 
     A planted pair is (copy, original) for every `exact_duplicate` / `near_duplicate` row. Recall: the
-    pair ended in one dup_group. Precision: of the rows dedup dropped for a reason, the share whose
-    `dup_of` is of the same planted family (the original and its copies). Caption reasons are also
-    broken down by the noise kind of the dropped row: boilerplate captions are duplicates by design."""
+    pair ended in one dup_group. Precision, per reason, of the rows dedup dropped for it: `precision`, the
+    share whose `dup_of` (the kept row) is of the same planted family (the original and its copies), so the
+    picture survives; `link_precision`, the share whose `dup_linked_to` (the pair that found it) is, which
+    does not count a right link whose group other links merged with another family. Caption reasons are
+    also broken down by the noise kind of the dropped row: boilerplate captions are duplicates by design."""
     pool = pq.read_table(pool_path, columns=["uid", "gt_noise", "gt_dup_of"]).to_pylist()
     noise = {r["uid"]: r["gt_noise"] for r in pool}
     family = {r["uid"]: r["gt_dup_of"] or r["uid"] for r in pool}
@@ -67,11 +69,13 @@ def dedup_quality(run_dir: Path, pool_path: Path) -> dict:
                           (("near_caption",), "near_caption")):
         dropped = [r for r in dup.values() if r["dup_keep"] is False and r["dup_reason"] in reasons]
         right = sum(1 for r in dropped if family.get(r["uid"]) == family.get(r["dup_of"]))
+        linked_right = sum(1 for r in dropped if family.get(r["uid"]) == family.get(r.get("dup_linked_to")))
         by_noise: dict[str, int] = {}
         for r in dropped:
             by_noise[noise.get(r["uid"], "?")] = by_noise.get(noise.get(r["uid"], "?"), 0) + 1
         result[name] = {"dropped": len(dropped), "same_family": right,
-                        "precision": round(right / max(len(dropped), 1), 4), "dropped_by_noise": by_noise}
+                        "precision": round(right / max(len(dropped), 1), 4),
+                        "link_precision": round(linked_right / max(len(dropped), 1), 4), "dropped_by_noise": by_noise}
     return result
 
 
