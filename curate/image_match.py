@@ -1,15 +1,16 @@
 """Pixel check for near-duplicate image candidates. SemDeDup proposes pairs whose embeddings are close, the
 copy search (curate.copy_search) pairs whose small thumbnails are; two different pictures of similar things
-are close too. A copy (re-encoded, resized, a margin cropped
-off) matches its original pixel for pixel once the two are brought to the same scale, so each pair is
-compared over a small grid of centred crops of either image and the best match counts.
+are close too. A copy (re-encoded, resized, a margin cropped off) matches its original pixel for pixel once
+the two are brought to the same scale, so each pair is compared over a small grid of centred crops of either
+image and the best match counts.
 
 Thumbnails are `THUMB_PX` square RGB (12 KB a row, kept for rows that were in some candidate pair); crops are
-resampled by area averaging, each colour channel's mean is removed (a shared background colour says nothing)
-and edges are stressed (each pixel less `EDGE_WEIGHT` times its 3 x 3 neighbourhood mean: a shape drawn a
-little larger or elsewhere overlaps its lookalike's blob but not its outline); pairs are compared by the
-correlation of these signals in passes of growing detail, a pair going on to the next pass only while it stays
-within that pass's slack of the bar."""
+resampled by area averaging and compared by correlation in passes of growing detail, a pair going on to the next
+pass only while it stays within that pass's slack of the bar. A crop's signal has two halves of equal weight, so a
+pair's similarity is the mean of two correlations: colour (the pixels less their mean over all channels, which
+tells a red shape from a pink one) and shape (each channel less its own mean, so a shared background colour says
+nothing, with edges stressed: each pixel less `EDGE_WEIGHT` times its 3 x 3 neighbourhood mean, so a shape drawn
+a little larger or elsewhere, which overlaps its lookalike's blob, does not overlap its outline)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +31,6 @@ PASSES = (  # (crop px, kept share of each axis, slack below the bar that still 
 )
 CHUNK_ROWS = 256
 EDGE_WEIGHT = 0.8
-COLOUR_TOLERANCE = 20  # of 255, per channel: a copy's margins cropped off shift its mean colour by at most ~15
 
 
 def thumbnail(data: bytes) -> np.ndarray | None:
@@ -86,8 +86,8 @@ def _area_weights(size: int, px: int, fraction: float) -> np.ndarray:
 
 
 def _crops(thumbs: np.ndarray, px: int, fractions: tuple[float, ...]):
-    """(rows, crops, px * px * 3) unit vectors of every centred crop (each axis keeping each of `fractions`),
-    resampled by area (two matrix products per row), channel means removed, edges stressed (a tensor)."""
+    """(rows, crops, 2 * px * px * 3) unit vectors of every centred crop (each axis keeping each of `fractions`),
+    resampled by area (two matrix products per row): the colour and the shape halves (a tensor)."""
     import torch
 
     size, n, m = thumbs.shape[1], len(thumbs), len(fractions) ** 2
@@ -95,10 +95,11 @@ def _crops(thumbs: np.ndarray, px: int, fractions: tuple[float, ...]):
     pixels = torch.from_numpy(np.ascontiguousarray(thumbs)).float()  # (n, y, x, 3)
     rows = torch.einsum("fpy,nyxc->nfpxc", weights, pixels)
     crops = torch.einsum("gqx,nfpxc->nfgcpq", weights, rows).reshape(n * m, 3, px, px)
-    crops = crops - crops.mean((2, 3), keepdim=True)
-    crops = crops - EDGE_WEIGHT * torch.nn.functional.avg_pool2d(crops, 3, 1, 1, count_include_pad=False)
-    crops = crops.reshape(n, m, -1)
-    return crops / crops.norm(dim=2, keepdim=True).clamp_min(1e-6)
+    colour = crops - crops.mean((1, 2, 3), keepdim=True)
+    shape = crops - crops.mean((2, 3), keepdim=True)
+    shape = shape - EDGE_WEIGHT * torch.nn.functional.avg_pool2d(shape, 3, 1, 1, count_include_pad=False)
+    halves = [h.reshape(n, m, -1) for h in (colour, shape)]
+    return torch.cat([h / h.norm(dim=2, keepdim=True).clamp_min(1e-6) for h in halves], 2) / np.sqrt(2)
 
 
 def aligned_similarity(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, px: int,
@@ -126,13 +127,9 @@ def aligned_similarity(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray
 
 def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float) -> np.ndarray:
     """Each pair's aligned similarity after the passes (`PASSES`): the last pass's value for pairs that
-    stayed near the bar throughout, else the value of the pass that let them go (below the bar); -1 for
-    pairs whose mean colours differ by more than `COLOUR_TOLERANCE` in some channel (the passes, which
-    remove each channel's mean, would not see a changed background colour)."""
-    means = thumbs.reshape(len(thumbs), -1, 3).mean(1)
-    colour_ok = (np.abs(means[first] - means[second]) <= COLOUR_TOLERANCE).all(1)
-    match = np.where(colour_ok, 1.0, -1.0).astype(np.float32)
-    close = np.flatnonzero(colour_ok)
+    stayed near the bar throughout, else the value of the pass that let them go (below the bar)."""
+    match = np.full(len(first), 1.0, dtype=np.float32)
+    close = np.arange(len(first))
     for px, fractions, slack in PASSES:
         if not len(close):
             break

@@ -175,11 +175,11 @@ def test_pixel_match_confirms_copies_and_rejects_lookalikes():
     n_copies = len(copies)
     first = np.array([0] * (n_copies + len(others)) + [0, len(thumbs) - 2])
     second = np.array([*range(1, len(thumbs) - 2), len(thumbs) - 1, len(thumbs) - 1])
-    match = pixel_match(thumbs, first, second, 0.89)
-    assert (match[:n_copies] >= 0.89).all(), match[:n_copies]
+    match = pixel_match(thumbs, first, second, 0.93)
+    assert (match[:n_copies] >= 0.93).all(), match[:n_copies]
     assert (match[n_copies:n_copies + len(others)] < 0.5).all()
     assert match[-2] < 0.5 and match[-1] < 0.5  # a blank image correlates with nothing, not even a blank one
-    assert pixel_match(thumbs, np.array([0]), np.array([0]), 0.89)[0] == pytest.approx(1.0, abs=1e-4)
+    assert pixel_match(thumbs, np.array([0]), np.array([0]), 0.93)[0] == pytest.approx(1.0, abs=1e-4)
     assert thumbnail(b"not an image") is None
 
 
@@ -213,11 +213,11 @@ def test_image_match_min_drops_lookalikes_that_semdedup_alone_links(tmp_path):
     table = _table_with_images(tmp_path, payloads, [_unit([1, 2, 3, 4, 5, 6, 7, 8])] * 3)
     alone = find_duplicates(table, DedupConfig(), "score_x").to_pylist()
     assert [r["dup_reason"] for r in alone] == [None, "near_image", "near_image"]
-    checked = find_duplicates(table, DedupConfig(image_match_min=0.89), "score_x", download_dir=tmp_path).to_pylist()
+    checked = find_duplicates(table, DedupConfig(image_match_min=0.93), "score_x", download_dir=tmp_path).to_pylist()
     assert [r["dup_reason"] for r in checked] == [None, "near_image", None]
     assert checked[1]["dup_of"] == checked[0]["uid"] and checked[2]["dup_group"] is None
     with pytest.raises(ValueError, match="download"):
-        find_duplicates(table, DedupConfig(image_match_min=0.89), "score_x")
+        find_duplicates(table, DedupConfig(image_match_min=0.93), "score_x")
 
 
 def test_copy_search_finds_copies_that_the_embedding_puts_far_apart(tmp_path):
@@ -229,9 +229,9 @@ def test_copy_search_finds_copies_that_the_embedding_puts_far_apart(tmp_path):
     payloads = [original, _near_copy(image, np.random.default_rng(0)), *(_scene_bytes(s)[0] for s in range(2, 6)),
                 b"not an image"]
     table = _table_with_images(tmp_path, payloads, [_unit(np.eye(8)[k]) for k in range(len(payloads))])
-    without = find_duplicates(table, DedupConfig(image_match_min=0.89), "score_x", download_dir=tmp_path).to_pylist()
+    without = find_duplicates(table, DedupConfig(image_match_min=0.93), "score_x", download_dir=tmp_path).to_pylist()
     assert [r["dup_reason"] for r in without] == [None] * len(payloads)
-    cfg = DedupConfig(image_match_min=0.89, copy_search_k=3)
+    cfg = DedupConfig(image_match_min=0.93, copy_search_k=3)
     found = find_duplicates(table, cfg, "score_x", download_dir=tmp_path).to_pylist()
     assert [r["dup_reason"] for r in found] == [None, "near_image"] + [None] * 5
     assert found[1]["dup_of"] == found[1]["dup_linked_to"] == found[0]["uid"]
