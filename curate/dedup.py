@@ -194,6 +194,8 @@ class PixelCheck:
         self.candidates = self.confirmed = 0
 
     def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        if not len(first):
+            return np.zeros(0, bool)
         rows = np.unique(np.concatenate([first, second]))
         match = pixel_match(self.store.get(rows), np.searchsorted(rows, first), np.searchsorted(rows, second), self.minimum)
         ok = match >= self.minimum

@@ -236,6 +236,8 @@ def test_copy_search_finds_copies_that_the_embedding_puts_far_apart(tmp_path):
     assert [r["dup_reason"] for r in found] == [None, "near_image"] + [None] * 5
     assert found[1]["dup_of"] == found[1]["dup_linked_to"] == found[0]["uid"]
     assert found[1]["dup_similarity"] == pytest.approx(0.0)  # the embeddings' cosine: they are orthogonal
+    one = find_duplicates(table.slice(0, 1), cfg, "score_x", download_dir=tmp_path).to_pylist()
+    assert [(r["dup_keep"], r["dup_reason"]) for r in one] == [(True, None)]  # a pool of one row: nothing to pair
     with pytest.raises(ValueError, match="image_match_min"):
         DedupConfig(copy_search_k=3)
 
