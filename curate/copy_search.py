@@ -1,9 +1,9 @@
 """Copy search: near-duplicate image candidates found from the images' own pixels, for when the embedding
-does not keep a copy next to its original (a small or weak scorer). Every row's whole thumbnail, as the
-pixel check's coarsest descriptor (8 px, colour and shape halves), goes into a faiss
-inner-product index; every row then asks with its centred crops (each axis keeping 100%, 90%, 80%) for its
-`k` nearest rows. A copy whose margins were cropped lies next to its original's matching crop. The pairs
-found are candidates only: the pixel check (curate.image_match) decides."""
+does not keep a copy next to its original (a small or weak scorer). Every row's whole thumbnail, as the pixel
+check's coarsest descriptor (8 px, colour and shape halves), goes into a faiss inner-product index; every row
+then asks with its centred crops (each axis keeping 100%, 90%, 80%) for its `k` nearest rows. A copy whose
+margins were cropped lies next to its original's matching crop. The pairs found are candidates only: the pixel
+check (curate.image_match) decides."""
 from __future__ import annotations
 
 import numpy as np

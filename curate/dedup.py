@@ -35,8 +35,8 @@ class DedupConfig(BaseModel):
     images: bool = True
     image_eps: float = Field(0.05, ge=0, lt=1, description="pairs with cosine >= 1 - eps are near duplicates")
     image_match_min: float | None = Field(
-        None, ge=-1, le=1, description="also require this pixel correlation of the pair, best over centred crops "
-        "(copies only: re-encoded, resized, margins cropped); null = SemDeDup alone, which also drops "
+        None, ge=-1, le=1, description="also require this pixel similarity of the pair, best over aligned centred "
+        "crops (curate/image_match.py; copies only: re-encoded, resized, margins cropped); null = SemDeDup alone, which also drops "
         "different pictures of the same thing")
     copy_search_k: int = Field(
         0, ge=0, le=100, description="also propose each row's k nearest images by their own pixels (8 px "
