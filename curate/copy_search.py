@@ -17,9 +17,9 @@ FLAT_MAX_ROWS = 20_000  # exact search up to here; above, an IVF index probing N
 NPROBE = 16
 
 
-def _descriptors(store: ThumbnailStore, rows: np.ndarray) -> np.ndarray:
-    """(len(rows), crops, dim) float32; crop 0 is the whole image."""
-    return _crops(store.get(rows), PX, FRACTIONS).numpy()
+def _descriptors(store: ThumbnailStore, rows: np.ndarray, fractions: tuple[float, ...] = FRACTIONS) -> np.ndarray:
+    """(len(rows), crops, dim) float32; with the default fractions crop 0 is the whole image."""
+    return _crops(store.get(rows), PX, fractions).numpy()
 
 
 def _index(whole: np.ndarray, seed: int):
@@ -45,7 +45,7 @@ def copy_candidates(store: ThumbnailStore, n_rows: int, k: int, seed: int = 0) -
     if n_rows < 2:
         return none
     rows = np.arange(n_rows)
-    whole = np.concatenate([_descriptors(store, rows[lo:lo + CHUNK_ROWS])[:, 0]
+    whole = np.concatenate([_descriptors(store, rows[lo:lo + CHUNK_ROWS], (1.0,))[:, 0]
                             for lo in tqdm(range(0, n_rows, CHUNK_ROWS), desc="copy search: thumbnails",
                                            unit="chunk", mininterval=2, leave=False)])
     usable = np.flatnonzero(np.abs(whole).sum(1) > 0)
