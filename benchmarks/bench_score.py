@@ -1,15 +1,18 @@
 """Score stage throughput against the bare model and a per-sample loop, on the same images and model.
 
     python benchmarks/bench_score.py [--model tiny-vit-32] [--n 2048] [--batch 256] [--rounds 3]
-        [--device cpu|cuda] [--precision fp32|bf16] [--out benchmarks/results]
+        [--threads 2] [--device cpu|cuda] [--precision fp32|bf16] [--out benchmarks/results]
 
 - stage: `run_part` of the score stage on one download part (read the tar, decode, transform, both
   encoders, heuristics, write Parquet and the done marker);
 - bare: the same model's image and text encoders on pre-decoded, pre-transformed tensors and
-  pre-tokenised captions, in batches (the ceiling);
+  pre-tokenised captions, in batches (the ceiling), laid out as the stage runs them: on CPU, batches on
+  `--threads` threads with torch's threads split among them (the stage's `score.threads`); also reported
+  one batch at a time on all of torch's threads (`bare_one_stream_*`, the layout before `score.threads`);
 - per-sample: decode, transform and encode one pair at a time (how Data-Juicer's CLIP filter runs).
 `ratio` = stage / bare images per second, each the best of `--rounds` alternating runs after one warm-up
-forward (so neither side pays first-call allocations or catches the other's quiet moment alone).
+forward (so neither side pays first-call allocations or catches the other's quiet moment alone);
+`ratio_vs_one_stream` = stage / bare one batch at a time.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -60,6 +64,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-vit-32")
     parser.add_argument("--n", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2, help="the stage's score.threads")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--rounds", type=int, default=3, help="stage and bare runs alternate; the best of each counts")
@@ -83,7 +88,8 @@ def main() -> None:
     torch.manual_seed(0)
     checkpoint.save(work / "model.pt", create(args.model).eval(), None, 0, args.model, {})
     stage = ScoreStage(ScoreConfig(scorers=[ScorerConfig(name="m", checkpoint=work / "model.pt")],
-                                   batch_size=args.batch, device=args.device, precision=args.precision),
+                                   batch_size=args.batch, threads=args.threads, device=args.device,
+                                   precision=args.precision),
                        work / "download", work)
     stage.ensure_setup()  # model load happens once per worker, not per part: keep it out of the timing
     model = stage._scorers[0][1]  # the very model the stage runs, for the bare forward
@@ -96,22 +102,33 @@ def main() -> None:
     pixels = torch.stack([transform(decode_rgb(raw[r["key"]], image_size(model))) for r in rows]).to(args.device)
     tokens = tokenize([r["caption"] for r in rows]).to(args.device)
 
-    def bare() -> None:
-        with torch.no_grad(), stage._autocast():
-            for i in range(0, len(rows), args.batch):
+    def bare(streams: int) -> None:
+        """Batches on `streams` threads, torch's threads split among them (as the stage splits them)."""
+        def forward(i: int) -> None:
+            with torch.inference_mode(), stage._autocast():
                 model.encode_image(pixels[i:i + args.batch], normalize=True).float().cpu()
                 model.encode_text(tokens[i:i + args.batch], normalize=True).float().cpu()
 
-    bare()  # warm-up: first-call allocations and kernel selection count for neither side
-    stage_times, bare_times = [], []
+        before = torch.get_num_threads()
+        torch.set_num_threads(max(1, before // streams))
+        try:
+            with ThreadPoolExecutor(streams) as pool:
+                list(pool.map(forward, range(0, len(rows), args.batch)))
+        finally:
+            torch.set_num_threads(before)
+
+    streams = args.threads if args.device == "cpu" else 1  # on a GPU the stage's forwards take turns
+    bare(streams), bare(1)  # warm-up: first-call allocations and kernel selection count for neither side
+    stage_times, bare_times, one_stream_times = [], [], []
     for r in range(args.rounds):
         start = time.perf_counter()
         run_part(stage, Part(0, part_path, work / f"score-{r}"))
         stage_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        bare()
-        bare_times.append(time.perf_counter() - start)
-    stage_s, bare_s = min(stage_times), min(bare_times)
+        for layout, times in ((streams, bare_times), (1, one_stream_times)):
+            start = time.perf_counter()
+            bare(layout)
+            times.append(time.perf_counter() - start)
+    stage_s, bare_s, one_stream_s = min(stage_times), min(bare_times), min(one_stream_times)
 
     with torch.no_grad(), stage._autocast():
         start = time.perf_counter()
@@ -124,11 +141,15 @@ def main() -> None:
     n = len(rows)
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{os.cpu_count()}"
     emit({"model": args.model, "image_px": image_size(model), "n": n, "batch": args.batch, "device": device,
-          "precision": args.precision, "threads": torch.get_num_threads(), "rounds": args.rounds,
+          "precision": args.precision, "torch_threads": torch.get_num_threads(), "score_threads": args.threads,
+          "rounds": args.rounds,
           "stage_images_per_s": round(n / stage_s, 1), "bare_forward_images_per_s": round(n / bare_s, 1),
+          "bare_one_stream_images_per_s": round(n / one_stream_s, 1),
           "stage_s_each": [round(t, 2) for t in stage_times], "bare_s_each": [round(t, 2) for t in bare_times],
+          "bare_one_stream_s_each": [round(t, 2) for t in one_stream_times],
           "per_sample_images_per_s": round(args.per_sample_n / loop_s, 1),
-          "ratio": round(bare_s / stage_s, 3), "stage_over_per_sample": round((n / stage_s) / (args.per_sample_n / loop_s), 2)},
+          "ratio": round(bare_s / stage_s, 3), "ratio_vs_one_stream": round(one_stream_s / stage_s, 3),
+          "stage_over_per_sample": round((n / stage_s) / (args.per_sample_n / loop_s), 2)},
          args.out, f"score_{args.model}" + ("" if args.device == "cpu" else f"_{args.device}_{args.precision}"))
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 from PIL import Image
 from tqdm import tqdm
 
-from curate.score import decode_rgb
+from curate.decode import decode_rgb
 from curate.tars import index_tar, shard_path
 
 THUMB_PX = 64

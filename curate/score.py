@@ -3,9 +3,10 @@ and heuristic signals. Rows that were not downloaded pass through unscored; an i
 decodes gets `decode_error`. Images are read from the download stage's tars by key."""
 from __future__ import annotations
 
-import io
+import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,7 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from curate.decode import decode_rgb
 from curate.heuristics import COLUMNS as HEURISTIC_COLUMNS, caption_signals, image_signals
 from curate.io import Part, fingerprint
 from curate.schema import CAPTION, ERROR, STATUS, UID, Status
@@ -45,6 +47,8 @@ class ScoreConfig(BaseModel):
     actors: int = Field(1, ge=1, le=1024, description="model replicas (Ray actors)")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
     num_gpus: float | None = Field(None, ge=0, description="GPUs per actor; none = 1 when CUDA is visible here")
+    threads: int = Field(2, ge=1, le=256, description="batches in flight per actor, each decoded and scored on its own "
+                         "thread; on CPU each gets torch's threads / threads, on a GPU the forwards take turns")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast for both encoders (GPUs; CPUs with AMX)")
 
     @model_validator(mode="after")
@@ -55,15 +59,6 @@ class ScoreConfig(BaseModel):
         return self
 
 
-def decode_rgb(data: bytes, min_side: int) -> Image.Image:
-    """Decode to RGB; a JPEG decodes at a reduced scale (libjpeg's draft mode) that keeps both sides at
-    least `min_side`, which the model's resize would throw away anyway."""
-    im = Image.open(io.BytesIO(data))
-    im.draft("RGB", (min_side, min_side))
-    im.load()
-    return im if im.mode == "RGB" else im.convert("RGB")  # convert would copy even an RGB image
-
-
 class ScoreStage(MapStage):
     name = "score"
     requires = (UID, CAPTION, STATUS, ERROR, "shard", "key", "width", "height")
@@ -72,7 +67,7 @@ class ScoreStage(MapStage):
         self.cfg, self.download_dir, self.run_dir = cfg, Path(download_dir), Path(run_dir)
         self.provides = (STATUS, *(f"score_{s.name}" for s in cfg.scorers), IMAGE_EMBEDDING, TEXT_EMBEDDING,
                          *HEURISTIC_COLUMNS)
-        self.resources = Resources(num_cpus=1, num_gpus=self._gpus_per_actor(), batch_size=cfg.batch_size,
+        self.resources = Resources(num_cpus=min(cfg.threads, os.cpu_count() or 1), num_gpus=self._gpus_per_actor(), batch_size=cfg.batch_size,
                                    actors=cfg.actors)
 
     def _gpus_per_actor(self) -> float:
@@ -91,7 +86,7 @@ class ScoreStage(MapStage):
         """Scorer config plus the identity of each checkpoint file: a retrained filter rescores."""
         files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in
                  (self._checkpoint_path(s) for s in self.cfg.scorers if s.checkpoint) if p.exists()]
-        return fingerprint(self.cfg.model_dump(mode="json", exclude={"actors", "device", "batch_size", "num_gpus"}), files)
+        return fingerprint(self.cfg.model_dump(mode="json", exclude={"actors", "device", "batch_size", "num_gpus", "threads"}), files)
 
     def setup(self) -> None:
         import torch
@@ -109,16 +104,10 @@ class ScoreStage(MapStage):
                 model, name = create(s.model, s.pretrained, self._device).eval(), s.model
             self._scorers.append((s.name, model, pixel_batcher(model), tokenizer(name)))
         self._decode_px = max(batcher.size for _, _, batcher, _ in self._scorers)
+        self._device_turn = threading.Lock() if self._device.startswith("cuda") else nullcontext()  # one forward at a time on a GPU
 
-    def _tokens(self, rows: list[int], captions: list[str]) -> list:
-        """Every scorer's tokens for these rows (helper thread)."""
-        texts = [captions[i] for i in rows]
-        return [tokenize(texts) for _, _, _, tokenize in self._scorers]
-
-    def _pixels(self, rows: list[int], raw: Future, uids: list[str]):
-        """Decode one batch (helper thread, while the model works on text or the previous batch).
-        Returns (decoded rows, {row: error}, pixels per scorer)."""
-        images_by_uid = raw.result()
+    def _decode(self, rows: list[int], images_by_uid: dict[str, bytes], uids: list[str]):
+        """(decoded rows, {row: error}, each scorer's pixel batch or None when no row decoded)."""
         good, failures, images = [], {}, []
         for i in rows:
             if uids[i] not in images_by_uid:
@@ -131,6 +120,23 @@ class ScoreStage(MapStage):
                 failures[i] = f"score: {type(err).__name__}: {err}"[:500]
         return good, failures, [batcher(images) if good else None for _, _, batcher, _ in self._scorers]
 
+    def _encode(self, encode, inputs) -> np.ndarray:
+        with self._device_turn:
+            return encode(inputs.to(self._device), normalize=True).float().cpu().numpy()
+
+    def _score_batch(self, rows: list[int], captions: list[str], uids: list[str], raw: Future):
+        """One batch on a worker thread: captions encode (while the tar may still be read), then images
+        decode and encode. Returns (decoded rows, {row: error}, image and text embeddings per scorer)."""
+        import torch
+
+        texts = [captions[i] for i in rows]
+        with torch.inference_mode(), self._autocast():  # both are per thread
+            text_embeddings = [self._encode(model.encode_text, tokenize(texts)) for _, model, _, tokenize in self._scorers]
+            good, failures, pixels = self._decode(rows, raw.result(), uids)
+            image_embeddings = [self._encode(model.encode_image, px) for (_, model, _, _), px in
+                                zip(self._scorers, pixels)] if good else []
+        return good, failures, image_embeddings, text_embeddings
+
     def _autocast(self):
         import torch
 
@@ -138,44 +144,43 @@ class ScoreStage(MapStage):
             return torch.autocast(self._device.split(":")[0], dtype=torch.bfloat16)
         return nullcontext()
 
-    def process_part(self, table: pa.Table, part: Part) -> pa.Table:
-        """One helper thread reads the tar, tokenises and decodes ahead while this thread runs the models:
-        a batch's captions encode while its images decode."""
+    @contextmanager
+    def _intra_op_threads(self):
+        """On CPU each worker thread gets an equal share of torch's threads (restored after: the count is per process)."""
         import torch
 
+        before = torch.get_num_threads()
+        if self._device == "cpu":
+            torch.set_num_threads(max(1, before // self.cfg.threads))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    def process_part(self, table: pa.Table, part: Part) -> pa.Table:
+        """Batches go to `threads` worker threads, each tokenising, decoding and scoring its own, so one
+        thread's decoding overlaps another's forward; a reader thread reads the tar and computes the heuristics."""
         statuses, errors = table.column(STATUS).to_pylist(), table.column(ERROR).to_pylist()
         uids, captions = table.column(UID).to_pylist(), table.column(CAPTION).to_pylist()
-        n, bs, device = len(uids), self.cfg.batch_size, self._device
+        n, bs = len(uids), self.cfg.batch_size
         todo = [i for i in range(n) if statuses[i] == Status.OK]
         batches = [todo[k:k + bs] for k in range(0, len(todo), bs)]
         scores = np.full((len(self._scorers), n), np.nan, dtype=np.float32)
         embeddings: list[np.ndarray] = []
         scored: list[int] = []
-        with ThreadPoolExecutor(max_workers=1) as helper, torch.no_grad(), self._autocast():
-            first = helper.submit(self._tokens, batches[0], captions) if batches else None  # queued before the
-            raw = helper.submit(read_images, table, self.download_dir)  # tar read: captions encode meanwhile
-
-            def submit(batch: list[int]) -> tuple[Future, Future]:
-                return helper.submit(self._tokens, batch, captions), helper.submit(self._pixels, batch, raw, uids)
-
-            upcoming = (first, helper.submit(self._pixels, batches[0], raw, uids)) if batches else None
-            signals = helper.submit(_heuristic_columns, table, raw)
-            for k, batch in enumerate(batches):
-                tokens, pixels = upcoming
-                texts = [model.encode_text(t.to(device), normalize=True).float().cpu().numpy()
-                         for (_, model, _, _), t in zip(self._scorers, tokens.result())]
-                good, failures, pixels = pixels.result()
-                upcoming = submit(batches[k + 1]) if k + 1 < len(batches) else None
+        with self._intra_op_threads(), ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(self.cfg.threads) as workers:
+            raw = reader.submit(read_images, table, self.download_dir)
+            signals = reader.submit(_heuristic_columns, table, raw)
+            results = workers.map(lambda rows: self._score_batch(rows, captions, uids, raw), batches)
+            for batch, (good, failures, images, texts) in zip(batches, results):
                 for i, error in failures.items():
                     statuses[i], errors[i] = Status.DECODE_ERROR, error
                 if not good:
                     continue
                 decoded = np.isin(batch, good)
-                for s, ((_, model, _, _), px, txt) in enumerate(zip(self._scorers, pixels, texts)):
-                    img = model.encode_image(px.to(device), normalize=True).float().cpu().numpy()
+                for s, (img, txt) in enumerate(zip(images, texts)):
                     scores[s, good] = (img * txt[decoded]).sum(1)
-                    if s == 0:
-                        embeddings.append(np.stack([img, txt[decoded]]))
+                embeddings.append(np.stack([images[0], texts[0][decoded]]))
                 scored += good
             signals = signals.result()
         out = table.set_column(table.schema.get_field_index(STATUS), STATUS, pa.array(statuses, pa.string()))
