@@ -3,7 +3,6 @@ and heuristic signals. Rows that were not downloaded pass through unscored; an i
 decodes gets `decode_error`. Images are read from the download stage's tars by key."""
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -67,7 +66,7 @@ class ScoreStage(MapStage):
         self.cfg, self.download_dir, self.run_dir = cfg, Path(download_dir), Path(run_dir)
         self.provides = (STATUS, *(f"score_{s.name}" for s in cfg.scorers), IMAGE_EMBEDDING, TEXT_EMBEDDING,
                          *HEURISTIC_COLUMNS)
-        self.resources = Resources(num_cpus=min(cfg.threads, os.cpu_count() or 1), num_gpus=self._gpus_per_actor(), batch_size=cfg.batch_size,
+        self.resources = Resources(num_cpus=cfg.threads, num_gpus=self._gpus_per_actor(), batch_size=cfg.batch_size,
                                    actors=cfg.actors)
 
     def _gpus_per_actor(self) -> float:

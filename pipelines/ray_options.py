@@ -22,10 +22,15 @@ def task_options(resources: Resources, retries: int) -> dict:
             "max_retries": retries, "retry_exceptions": True}
 
 
-def actor_pool_kwargs(resources: Resources) -> dict:
+def largest_node_cpus(ray) -> float:
+    """The most CPUs any live node of the cluster has (an actor's CPUs must all be on one node)."""
+    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+
+
+def actor_pool_kwargs(resources: Resources, node_cpus: float) -> dict:
     """`Dataset.map_batches` arguments for model stages: one part per batch, a pool of actors that
-    each load the model once."""
+    each load the model once, each asking for no more CPUs than the largest node has (more would never start)."""
     from ray.data import ActorPoolStrategy
 
-    return {"batch_size": 1, "batch_format": "pyarrow", "num_cpus": resources.num_cpus,
+    return {"batch_size": 1, "batch_format": "pyarrow", "num_cpus": min(resources.num_cpus, max(node_cpus, 1.0)),
             "num_gpus": resources.num_gpus, "compute": ActorPoolStrategy(size=resources.actors)}

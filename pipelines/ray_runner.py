@@ -6,7 +6,7 @@ from pathlib import Path
 
 from curate.io import Part
 from curate.stage import MapStage, run_part
-from pipelines.ray_options import actor_pool_kwargs, init_kwargs, task_options
+from pipelines.ray_options import actor_pool_kwargs, init_kwargs, largest_node_cpus, task_options
 from pipelines.runners import PartsFailed, pending_parts, progress, run_with_retries
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ class RayRunner:
         by_name = {p.name: p for p in todo}
         items = [{"index": p.index, "input": str(p.input_path), "stage_dir": str(p.stage_dir)} for p in todo]
         results = ray.data.from_items(items).map_batches(
-            PartActor, fn_constructor_args=(stage, self.part_retries), **actor_pool_kwargs(stage.resources))
+            PartActor, fn_constructor_args=(stage, self.part_retries),
+            **actor_pool_kwargs(stage.resources, largest_node_cpus(ray)))
         failed: dict[str, str] = {}
         with progress(stage, todo, " (ray actors)") as bar:
             for row in results.iter_rows():

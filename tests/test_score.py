@@ -108,6 +108,7 @@ def test_a_local_checkpoint_scores_like_the_in_memory_model(small_pool, tmp_path
 
 
 @pytest.mark.ray
+@pytest.mark.timeout(240)  # an actor asking more CPUs than a node has would wait forever
 def test_ray_actor_pool_gives_the_same_scores_as_local(small_pool, tmp_path, saved_model, ray_local):
     from pipelines.ray_runner import RayRunner
 
@@ -117,7 +118,7 @@ def test_ray_actor_pool_gives_the_same_scores_as_local(small_pool, tmp_path, sav
     local = read_parts(tmp_path / "score").select(["uid", "status", "score_a"])
     for p in (tmp_path / "score").glob("_done/*.json"):
         p.unlink()
-    run_score(cfg, tmp_path, RayRunner())
+    run_score(cfg.model_copy(update={"threads": 3}), tmp_path, RayRunner())  # asks 3 CPUs: the pool fits it to 2
     ray = read_parts(tmp_path / "score").select(["uid", "status", "score_a"])
     assert local.column("uid").equals(ray.column("uid")) and local.column("status").equals(ray.column("status"))
     a, b = (np.array(t.column("score_a").to_pylist(), dtype=float) for t in (local, ray))
