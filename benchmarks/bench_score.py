@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 import tarfile
@@ -33,7 +34,8 @@ from benchmarks.common import emit  # noqa: E402
 
 
 def make_download_part(root: Path, n: int) -> Path:
-    """A download part of n drawn JPEG scenes, laid out as the download stage leaves it."""
+    """A download part of n drawn JPEG scenes, laid out as the download stage leaves it: img2dataset's
+    .jpg, .txt and .json members per sample, each after a pax header with its float mtime (as webdataset writes)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -47,12 +49,13 @@ def make_download_part(root: Path, n: int) -> Path:
         for i in range(n):
             scene = random_scene(rng)
             w, h = (int(x) for x in rng.integers(96, 161, size=2))
-            data = encode(render(scene, rng, w, h))
-            key = f"{i:09d}"
-            info = tarfile.TarInfo(f"{key}.jpg")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-            rows.append({"uid": f"{i:032x}", "caption": describe(scene), "status": "ok", "error": None,
+            key, caption = f"{i:09d}", describe(scene)
+            meta = json.dumps({"key": key, "caption": caption, "width": w, "height": h, "status": "success"})
+            for ext, data in (("jpg", encode(render(scene, rng, w, h))), ("txt", caption.encode()), ("json", meta.encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime = len(data), time.time()
+                tar.addfile(info, io.BytesIO(data))
+            rows.append({"uid": f"{i:032x}", "caption": caption, "status": "ok", "error": None,
                          "shard": "shards/00000.tar", "key": key, "width": w, "height": h})
     path = root / "download" / "part-00000.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
@@ -98,7 +101,7 @@ def main() -> None:
     transform = open_clip.image_transform(image_size(model), is_train=False)
     tokenize = tokenizer(args.model)
     with tarfile.open(work / "download" / "shards" / "00000.tar") as tar:
-        raw = {m.name.split(".")[0]: tar.extractfile(m).read() for m in tar.getmembers()}
+        raw = {m.name.split(".")[0]: tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".jpg")}
     pixels = torch.stack([transform(decode_rgb(raw[r["key"]], image_size(model))) for r in rows]).to(args.device)
     tokens = tokenize([r["caption"] for r in rows]).to(args.device)
 
