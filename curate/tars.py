@@ -50,6 +50,7 @@ class _Unusual(Exception):
 
 
 def _number(field: bytes) -> int:
+    """A header's octal number field (size, checksum)."""
     if field[:1] in (b"\x80", b"\xff"):  # base-256 (sizes over 8 GB)
         raise _Unusual
     try:
@@ -111,6 +112,7 @@ def _walk_headers(data, tar_name: str) -> list[tuple[str, int, int]]:
 
 
 def _ustar_name(header: bytes) -> str:
+    """The member name of a ustar header: prefix/name where the POSIX magic says there is a prefix."""
     name = header[:100].split(b"\0", 1)[0]
     prefix = header[345:500].split(b"\0", 1)[0] if header[257:265] == USTAR_MAGIC else b""
     return (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape")
