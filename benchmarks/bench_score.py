@@ -81,7 +81,8 @@ def main() -> None:
     from PIL import Image
 
     from curate.io import Part
-    from curate.score import ScoreConfig, ScorerConfig, ScoreStage, decode_rgb
+    from curate.decode import decode_rgb
+    from curate.score import ScoreConfig, ScorerConfig, ScoreStage, split_torch_threads
     from curate.stage import run_part
     from train import checkpoint
     from train.models import create, image_size, tokenizer
@@ -112,13 +113,8 @@ def main() -> None:
                 model.encode_image(pixels[i:i + args.batch], normalize=True).float().cpu()
                 model.encode_text(tokens[i:i + args.batch], normalize=True).float().cpu()
 
-        before = torch.get_num_threads()
-        torch.set_num_threads(max(1, before // streams))
-        try:
-            with ThreadPoolExecutor(streams) as pool:
-                list(pool.map(forward, range(0, len(rows), args.batch)))
-        finally:
-            torch.set_num_threads(before)
+        with split_torch_threads(streams), ThreadPoolExecutor(streams) as pool:
+            list(pool.map(forward, range(0, len(rows), args.batch)))
 
     streams = args.threads if args.device == "cpu" else 1  # on a GPU the stage's forwards take turns
     bare(streams), bare(1)  # warm-up: first-call allocations and kernel selection count for neither side

@@ -143,19 +143,6 @@ class ScoreStage(MapStage):
             return torch.autocast(self._device.split(":")[0], dtype=torch.bfloat16)
         return nullcontext()
 
-    @contextmanager
-    def _intra_op_threads(self):
-        """On CPU each worker thread gets an equal share of torch's threads (restored after: the count is per process)."""
-        import torch
-
-        before = torch.get_num_threads()
-        if self._device == "cpu":
-            torch.set_num_threads(max(1, before // self.cfg.threads))
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-
     def process_part(self, table: pa.Table, part: Part) -> pa.Table:
         """Batches go to `threads` worker threads, each tokenising, decoding and scoring its own, so one
         thread's decoding overlaps another's forward; a reader thread reads the tar and computes the heuristics."""
@@ -167,7 +154,8 @@ class ScoreStage(MapStage):
         scores = np.full((len(self._scorers), n), np.nan, dtype=np.float32)
         embeddings: list[np.ndarray] = []
         scored: list[int] = []
-        with self._intra_op_threads(), ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(self.cfg.threads) as workers:
+        streams = self.cfg.threads if self._device == "cpu" else 1  # on a GPU torch's CPU threads hardly matter
+        with split_torch_threads(streams), ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(self.cfg.threads) as workers:
             raw = reader.submit(read_images, table, self.download_dir)
             signals = reader.submit(_heuristic_columns, table, raw)
             results = workers.map(lambda rows: self._score_batch(rows, captions, uids, raw), batches)
@@ -193,6 +181,20 @@ class ScoreStage(MapStage):
         for name, column in signals.items():
             out = out.append_column(name, column)
         return out
+
+
+@contextmanager
+def split_torch_threads(streams: int):
+    """Give each of `streams` model threads an equal share of torch's intra-op threads, restored afterwards
+    (the count is per process; threads started inside take the new one)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, before // streams))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class PixelBatcher:

@@ -2,12 +2,13 @@
 truncated tar yields what precedes the damage instead of raising. Nothing is ever extracted to disk.
 
 A well-formed tar of regular files (ustar, or pax as webdataset and img2dataset write them: a pax header with
-the mtime before every member) is read whole and indexed by walking its 512-byte headers directly, ~6x cheaper
-than `tarfile`'s member objects; anything else (links, GNU long names, bad checksums, truncation) is left to
-`tarfile`."""
+the mtime before every member) is indexed by walking its 512-byte headers directly (`read_files` reads the file
+whole, `index_tar` maps it and touches only the headers), 3-6x cheaper than `tarfile`'s member objects; anything
+else (links, GNU long names, bad checksums, truncation) is left to `tarfile`."""
 from __future__ import annotations
 
 import logging
+import mmap
 import tarfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -40,6 +41,7 @@ def safe_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         log.warning("%s is damaged (%s); reading only what precedes it", tar.name, err)
 
 
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 BLOCK = 512
 END_BLOCK = bytes(BLOCK)
 USTAR_MAGIC = b"ustar\x0000"
@@ -170,7 +172,7 @@ def read_images(table: pa.Table, download_dir: Path) -> dict[str, bytes]:
 
         def wanted_member(name: str) -> bool:
             key, _, ext = name.partition(".")
-            return key in keys and ext.lower() in ("jpg", "jpeg", "png", "webp")
+            return key in keys and ext.lower() in IMAGE_EXTS
 
         files, _ = read_files(path, wanted_member)
         images.update((keys[name.partition(".")[0]], data) for name, data in files.items())
@@ -180,18 +182,17 @@ def read_images(table: pa.Table, download_dir: Path) -> dict[str, bytes]:
 def index_tar(path: Path) -> dict[str, tuple[int, int]]:
     """key -> (byte offset, size) of each image member, reading headers only. Members past damage, with
     unsafe names, or whose bytes the file does not fully hold are left out (their samples count as missing)."""
+    members = None
+    if path.stat().st_size >= BLOCK:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            members = _plain_members(data, str(path))  # touches the header pages only
+    if members is None:
+        file_size = path.stat().st_size
+        with tarfile.open(path) as tar:
+            members = [(m.name, m.offset_data, m.size) for m in safe_members(tar) if m.offset_data + m.size <= file_size]
     found = {}
-    plain = _plain_members(path.read_bytes(), str(path))
-    if plain is not None:
-        for name, offset, size in plain:
-            key, _, ext = name.partition(".")
-            if ext.lower() in ("jpg", "jpeg", "png", "webp"):
-                found[key] = (offset, size)
-        return found
-    file_size = path.stat().st_size
-    with tarfile.open(path) as tar:
-        for member in safe_members(tar):
-            key, _, ext = member.name.partition(".")
-            if ext.lower() in ("jpg", "jpeg", "png", "webp") and member.offset_data + member.size <= file_size:
-                found[key] = (member.offset_data, member.size)
+    for name, offset, size in members:
+        key, _, ext = name.partition(".")
+        if ext.lower() in IMAGE_EXTS:
+            found[key] = (offset, size)
     return found

@@ -10,11 +10,9 @@ from pathlib import Path
 from PIL import Image
 
 from curate.report.html import esc, fmt
-from curate.tars import safe_members
+from curate.tars import IMAGE_EXTS, safe_members
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 def _thumbnail(data: bytes, size_px: int) -> str:
