@@ -30,7 +30,8 @@ from curate.tier_rules import SUBSET_NAME
 log = logging.getLogger(__name__)
 
 PARTS_DIR = "_parts"  # plan parts, per-shard outputs and done markers
-OURS = re.compile(r"^(\.?\d{5}\.tar(\.tmp)?|sizes\.json|manifest\.json|_parts)$")  # .tmp: a crashed write
+# files this stage writes in a subset folder (.tmp: a crashed write)
+OURS = re.compile(r"^(\.?\d{5}\.tar(\.tmp)?|sizes\.json|manifest\.json|missing\.parquet|_parts)$")
 JSON_COLUMNS = ("width", "height", "original_width", "original_height", "sha256", "url")
 
 
@@ -116,6 +117,11 @@ def plan_subset(run_dir: Path, subset: str, cfg: ShardConfig, sources: pa.Table,
                                  plan.slice(starts[i], starts[i + 1] - starts[i]))
         atomic_write_json(plan_file, {"identity": identity, "parts": n_parts, "samples": plan.num_rows,
                                       "missing_images": int(sum(missing))})
+    lost = sorted(pool.filter(pa.array(missing, pa.bool_())).column(UID).to_pylist())
+    atomic_write_parquet(shard_dir / "missing.parquet", pa.table({UID: pa.array(lost, pa.string())}))
+    if lost:
+        log.warning("shard: %d uid(s) of subset %r have no image in the download tars; listed in %s",
+                    len(lost), subset, shard_dir / "missing.parquet")
     parts = [Part(i, parts_dir / "input" / f"{part_name(i)}.parquet", parts_dir) for i in range(n_parts)]
     return parts, read_json(plan_file)
 

@@ -6,7 +6,11 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
 
 EPILOG = """examples:
   curate run configs/demo.yaml --out runs/demo          synth -> serve -> download, with a funnel
@@ -19,6 +23,9 @@ EPILOG = """examples:
   curate status runs/demo                                parts done, failed, pending per stage
   curate report runs/demo                                runs/demo/report.html
   curate compare configs/compare/emoji.yaml --out runs/emoji-compare   tiers x strategies x seeds
+
+exit codes: 0 done; 2 bad config or input, found before any work; 1 the run failed after it started (the
+stage and any failed parts named; rerun the same command to retry them) or a compare cell failed
 """
 
 
@@ -162,7 +169,23 @@ def _runner_overrides(args) -> list[str]:
     return extra
 
 
-def _cmd_run(args) -> int:
+def print_subsets(stage: str, stats: dict, out=None) -> None:
+    print(f"\n{stage}: samples per subset", file=out or sys.stdout)
+    for name, rows in stats["subsets"].items():
+        print(f"  {name:<22}{rows:>9}", file=out or sys.stdout)
+
+
+def _require(path: Path, what: str) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+
+
+# A command checks its config and inputs, then returns its work: an error before the work starts is bad
+# config or input (exit 2), an error in the work a failed run (exit 1).
+Work = Callable[[], int]
+
+
+def _cmd_run(args) -> Work:
     from pipelines.config import load_config
     from pipelines.run import run_pipeline
 
@@ -170,23 +193,20 @@ def _cmd_run(args) -> int:
     if args.stages:
         overrides.append(f"stages=[{args.stages}]")
     cfg = load_config(args.config, overrides)
-    stats = run_pipeline(cfg, args.out, report=not args.no_report)
-    for stage, s in stats.items():
-        if stage != "synth" and "by_status" in s:
-            print_funnel(stage, s)
-        elif "subsets" in s:
-            print_subsets(stage, s)
-    print(f"\nrun directory: {args.out}")
-    return 0
+
+    def work() -> int:
+        stats = run_pipeline(cfg, args.out, report=not args.no_report)
+        for stage, s in stats.items():
+            if stage != "synth" and "by_status" in s:
+                print_funnel(stage, s)
+            elif "subsets" in s:
+                print_subsets(stage, s)
+        print(f"\nrun directory: {args.out}")
+        return 0
+    return work
 
 
-def print_subsets(stage: str, stats: dict, out=None) -> None:
-    print(f"\n{stage}: samples per subset", file=out or sys.stdout)
-    for name, rows in stats["subsets"].items():
-        print(f"  {name:<22}{rows:>9}", file=out or sys.stdout)
-
-
-def _cmd_stage(args) -> int:
+def _cmd_stage(args) -> Work:
     """`curate score|dedup|tier|shard --out RUN`: one stage, on the run's own settings."""
     from pipelines.config import load_config
     from pipelines.run import run_pipeline
@@ -194,15 +214,18 @@ def _cmd_stage(args) -> int:
     resolved = args.out / "config.resolved.yaml"
     config = args.config or (resolved if resolved.exists() else None)
     cfg = load_config(config, args.overrides + _runner_overrides(args))
-    stats = run_pipeline(cfg, args.out, only=[args.command])[args.command]
-    if "by_status" in stats:
-        print_funnel(args.command, stats)
-    elif "subsets" in stats:
-        print_subsets(args.command, stats)
-    return 0
+
+    def work() -> int:
+        stats = run_pipeline(cfg, args.out, only=[args.command])[args.command]
+        if "by_status" in stats:
+            print_funnel(args.command, stats)
+        elif "subsets" in stats:
+            print_subsets(args.command, stats)
+        return 0
+    return work
 
 
-def _cmd_synth(args) -> int:
+def _cmd_synth(args) -> Work:
     from pipelines.config import load_config
     from curate.synth import synthesize
 
@@ -212,74 +235,114 @@ def _cmd_synth(args) -> int:
     elif args.from_pairs:
         overrides.append("synth.n=null")
     if args.from_pairs:
+        _require(args.from_pairs / "pairs.parquet", "pairs table")
         overrides.append(f"synth.from_pairs={args.from_pairs}")
     cfg = load_config(None, overrides).synth
-    table = synthesize(cfg, args.out)
-    print(json.dumps({"rows": table.num_rows, "pool": str(args.out / "pool.parquet")}))
-    return 0
+
+    def work() -> int:
+        table = synthesize(cfg, args.out)
+        print(json.dumps({"rows": table.num_rows, "pool": str(args.out / "pool.parquet")}))
+        return 0
+    return work
 
 
-def _cmd_download(args) -> int:
+def _cmd_download(args) -> Work:
+    from curate.pool_input import split_input
     from pipelines.config import load_config
     from pipelines.run import make_runner, run_download
 
     cfg = load_config(None, args.overrides + _runner_overrides(args) + [f"download.input={args.input}"])
-    runner = make_runner(cfg.runner)
-    try:
-        stats = run_download(cfg.download, args.out, runner, args.serve)
-    finally:
-        runner.close()
-    print_funnel("download", stats)
-    return 0
+    split_input(cfg.download, args.out.resolve() / "download")  # reads and checks the input (once per run)
+
+    def work() -> int:
+        runner = make_runner(cfg.runner)
+        try:
+            stats = run_download(cfg.download, args.out, runner, args.serve)
+        finally:
+            runner.close()
+        print_funnel("download", stats)
+        return 0
+    return work
 
 
-def _cmd_train(args) -> int:
+def _cmd_train(args) -> Work:
     from pipelines.config import load_config
     from train.config import TrainConfig
+    from train.data import check_source
     from train.train import train
 
     cfg = load_config(args.config, args.overrides, schema=TrainConfig)
-    print(json.dumps(train(cfg, args.out)))
-    return 0
+    check_source(cfg.data)
+
+    def work() -> int:
+        print(json.dumps(train(cfg, args.out)))
+        return 0
+    return work
 
 
-def _cmd_compare(args) -> int:
+def _cmd_compare(args) -> Work:
     from pipelines.config import load_config
     from train.compare import CompareConfig, compare
 
-    rows = compare(load_config(args.config, args.overrides, schema=CompareConfig), args.out)
-    failed = [f"{r['subset']}/{r['strategy']}/{r['model']}/s{r['seed']}/{r['regime']}: {r['error']}"
-              for r in rows if r["status"] != "ok"]
-    print(json.dumps({"cells": len(rows), "ok": len(rows) - len(failed), "failed": len(failed),
-                      "results": str(args.out / "results.csv"), "summary": str(args.out / "summary.csv")}))
-    if failed:
-        print("failed cells (rerun the same command to retry them):\n  " + "\n  ".join(failed), file=sys.stderr)
-    return 1 if failed else 0
+    cfg = load_config(args.config, args.overrides, schema=CompareConfig)
+
+    def work() -> int:
+        rows = compare(cfg, args.out)
+        failed = [f"{r['subset']}/{r['strategy']}/{r['model']}/s{r['seed']}/{r['regime']}: {r['error']}"
+                  for r in rows if r["status"] != "ok"]
+        print(json.dumps({"cells": len(rows), "ok": len(rows) - len(failed), "failed": len(failed),
+                          "results": str(args.out / "results.csv"), "summary": str(args.out / "summary.csv")}))
+        if failed:
+            print("failed cells (rerun the same command to retry them):\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1 if failed else 0
+    return work
 
 
-def _cmd_report(args) -> int:
+def _cmd_report(args) -> Work:
     from curate.report.build import write_report
 
-    print(write_report(args.run_dir, args.out))
-    return 0
+    _require(args.run_dir, "run directory")
+
+    def work() -> int:
+        print(write_report(args.run_dir, args.out))
+        return 0
+    return work
 
 
-def _cmd_status(args) -> int:
+def _cmd_status(args) -> Work:
     from curate.report.status import format_status, run_status
 
-    rows = run_status(args.run_dir)
-    print(json.dumps(rows, indent=2) if args.json else format_status(rows))
-    return 0
+    _require(args.run_dir, "run directory")
+
+    def work() -> int:
+        rows = run_status(args.run_dir)
+        print(json.dumps(rows, indent=2) if args.json else format_status(rows))
+        return 0
+    return work
 
 
-def _cmd_eval(args) -> int:
+def _cmd_eval(args) -> Work:
     from train.evaluate import evaluate
 
     where = dict(w.split("=", 1) for w in args.where if "=" in w)
     if len(where) != len(args.where):
         raise ValueError("--where takes COL=VALUE")
-    print(json.dumps(evaluate(args.checkpoint, args.eval_set, args.class_column, where)))
-    return 0
+    _require(args.checkpoint, "checkpoint")
+    _require(args.eval_set / "pairs.parquet", "pairs table")
+
+    def work() -> int:
+        print(json.dumps(evaluate(args.checkpoint, args.eval_set, args.class_column, where)))
+        return 0
+    return work
+
+
+def failed_stage(err: BaseException, command: str) -> str:
+    """The stage an error came from: the first `run_<stage>` function its traceback passes through (each
+    pipeline stage runs in one, pipelines/run.py), else the command."""
+    from pipelines.config import STAGES
+
+    names = [frame.name for frame in traceback.extract_tb(err.__traceback__)]
+    return next((n[4:] for n in names if n.startswith("run_") and n[4:] in STAGES), command)
 
 
 COMMANDS = {"run": _cmd_run, "synth": _cmd_synth, "download": _cmd_download, "train": _cmd_train,
@@ -289,6 +352,8 @@ COMMANDS = {"run": _cmd_run, "synth": _cmd_synth, "download": _cmd_download, "tr
 
 
 def main(argv: list[str] | None = None) -> int:
+    """0 done; 2 bad config or input, found before any work; 1 the work failed (stage and parts named) or,
+    for compare, some cell failed."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -298,14 +363,22 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.runners import PartsFailed
 
     try:
-        return COMMANDS[args.command](args)
+        work = COMMANDS[args.command](args)
     except (ConfigError, InputError, FileNotFoundError, ValueError) as err:
         if args.verbose:
             raise
         print(f"curate {args.command}: {err}", file=sys.stderr)
         return 2
+    try:
+        return work()
     except PartsFailed as err:
         print(f"curate {args.command}: {err}\nrerun the same command to retry them", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - whatever stops the work is reported with its stage: exit 1
+        stage = failed_stage(err, args.command)
+        log.error("stage %s failed", stage, exc_info=err)
+        print(f"curate {args.command}: stage {stage!r} failed: {type(err).__name__}: {err}\n"
+              "finished stages and parts are kept: fix the cause and rerun the same command", file=sys.stderr)
         return 1
 
 

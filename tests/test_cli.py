@@ -56,3 +56,28 @@ def test_synth_then_download_as_separate_commands(tmp_path, capsys):
                  "--out", str(tmp_path / "dl"), "--runner", "local", "--set", "download.timeout_s=2"])
     assert code == 0
     assert "download funnel" in capsys.readouterr().out
+
+
+def test_an_error_in_the_middle_of_a_run_exits_1_and_names_its_stage(tmp_path, capsys, monkeypatch):
+    """A ValueError after synth has run is a failed run, not bad config: exit 1, the stage named."""
+    def lost_input(cfg, stage_dir):
+        raise ValueError("the pool went away")
+
+    monkeypatch.setattr("pipelines.run.split_input", lost_input)
+    out = tmp_path / "run"
+    code = main(["run", "configs/demo.yaml", "--out", str(out), "--runner", "local", "--stages", "synth,download",
+                 "--set", "synth.n=20", "--no-report"])
+    assert code == 1
+    assert "stage 'download' failed: ValueError: the pool went away" in capsys.readouterr().err
+    assert (out / "synth" / "pool.parquet").exists()  # the finished stage is kept
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "configs/train/emoji-twitter.yaml", "--set", "data.pairs=nowhere"],
+    ["eval", "--checkpoint", "nowhere.pt", "--eval-set", "."],
+    ["synth", "--from-pairs", "nowhere"],
+])
+def test_missing_inputs_fail_before_any_work(args, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([*args, *(["--out", str(out)] if args[0] != "eval" else [])]) == 2
+    assert "nowhere" in capsys.readouterr().err and not out.exists()

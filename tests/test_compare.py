@@ -83,6 +83,78 @@ def test_grid_writes_results_and_summary_records_failures_and_resumes(eval_pairs
     assert _read(tmp_path / "results.csv") == rows
 
 
+def test_a_changed_config_reruns_exactly_the_cells_it_changes(eval_pairs, tmp_path, monkeypatch):
+    """samples_seen changes the equal_samples cells, a strategy option that strategy's cells, an eval set
+    every cell's evaluation but no checkpoint; an unchanged config reruns nothing."""
+    import train.train as train_module
+
+    _shards(tmp_path / "shards" / "big", 32, seed=1)
+    grid = {"subsets": ["big"], "strategies": {"clip": {"name": "clip"}, "aug": {"name": "clip_aug"}}}
+    first = compare(_config(eval_pairs, grids={"g": grid}), tmp_path)
+    assert [r["status"] for r in first] == ["ok"] * 4
+
+    real_train, trained = train_module.train, []
+
+    def recording_train(cfg, out):
+        before = (Path(out) / "checkpoint.pt").stat().st_mtime_ns if (Path(out) / "checkpoint.pt").exists() else None
+        summary = real_train(cfg, out)
+        if (Path(out) / "checkpoint.pt").stat().st_mtime_ns != before:
+            _, strategy, _, _, regime = Path(out).name.split("__")
+            trained.append(f"{strategy}__{regime}")
+        return summary
+
+    def rerun(**changes) -> tuple[list[str], list[dict]]:
+        trained.clear()
+        rows = compare(_config(eval_pairs, **{"grids": {"g": grid}, **changes}), tmp_path)
+        return trained, rows
+
+    monkeypatch.setattr(train_module, "train", recording_train)
+    assert rerun() == ([], first)
+
+    cells, rows = rerun(samples_seen=64)
+    assert sorted(cells) == ["aug__equal_samples", "clip__equal_samples"]
+    assert [r["samples_seen"] for r in rows] == [64, 32, 64, 32] and rows[1] == first[1] and rows[3] == first[3]
+
+    grid["strategies"]["aug"] = {"name": "clip_aug", "augment": {"crop_scale_min": 0.8}}
+    cells, rows = rerun(samples_seen=64)
+    assert sorted(cells) == ["aug__equal_samples", "aug__one_pass"]
+
+    other = [{"name": "heldout", "pairs": str(eval_pairs), "class_columns": ["shape"], "where": {"shape": "circle"}}]
+    before = {r["regime"] + r["strategy"]: r for r in rows}
+    cells, rows = rerun(samples_seen=64, eval_sets=other)
+    assert cells == [] and len({r["fingerprint"] for r in rows}) == 4  # evaluated again, not trained
+    assert all(r["fingerprint"] != before[r["regime"] + r["strategy"]]["fingerprint"] for r in rows)
+    assert all(int(r["heldout/n"]) < 24 for r in rows)
+    assert [r["fingerprint"] for r in _read(tmp_path / "results.csv")] == [r["fingerprint"] for r in rows]
+
+
+def test_a_cell_fingerprint_follows_what_decides_its_result(eval_pairs, tmp_path):
+    from train.compare import Cell, eval_identity, training_fingerprint
+
+    shards = _shards(tmp_path / "shards" / "big", 16, seed=1)
+    cell, strategy = Cell("big", "clip", "tiny-vit-32", 0, "one_pass"), {"name": "clip"}
+    base = training_fingerprint(_config(eval_pairs), cell, strategy, tmp_path)
+    assert training_fingerprint(_config(eval_pairs), cell, strategy, tmp_path) == base
+    assert training_fingerprint(_config(eval_pairs, samples_seen=64), cell, strategy, tmp_path) == base  # one pass
+    changed = [_config(eval_pairs, train={"batch_size": 16, "lr": 1e-3, "data": {"workers": 0}})]
+    assert all(training_fingerprint(c, cell, strategy, tmp_path) != base for c in changed)
+    assert training_fingerprint(_config(eval_pairs), cell, {"name": "flip"}, tmp_path) != base
+    manifest = json.loads((shards / "manifest.json").read_text())
+    (shards / "manifest.json").write_text(json.dumps({**manifest, "seed": 1}))  # resharded
+    assert training_fingerprint(_config(eval_pairs), cell, strategy, tmp_path) != base
+
+    heldout = _config(eval_pairs).eval_sets[0]
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "pairs.parquet").write_bytes((eval_pairs / "pairs.parquet").read_bytes())
+    same = eval_identity(heldout)
+    assert eval_identity(heldout.model_copy(update={"pairs": copy})) == same  # the content, not the path
+    (copy / "pairs.parquet").write_bytes(b"other rows")
+    assert eval_identity(heldout.model_copy(update={"pairs": copy})) != same
+    assert eval_identity(heldout.model_copy(update={"where": {"shape": "circle"}})) != same
+    assert eval_identity(heldout.model_copy(update={"class_columns": []})) != same
+
+
 def test_a_missing_eval_set_and_a_crashing_cell_are_rows_and_the_grid_goes_on(eval_pairs, tmp_path, monkeypatch):
     _shards(tmp_path / "shards" / "big", 16, seed=1)
     cfg = _config(eval_pairs, eval_sets=[{"name": "gone", "pairs": str(tmp_path / "nowhere")}],

@@ -132,6 +132,7 @@ def test_shards_read_back_to_exactly_the_subset_and_resume_by_shard(scored_run, 
                 assert image == src.extractfile(f"{download[uid]['key']}.jpg").read()  # the original bytes
         sizes = json.loads((shard_dir / "sizes.json").read_text())
         assert sum(sizes.values()) == len(uids) and max(sizes.values()) - min(sizes.values()) <= 1
+        assert pq.read_table(shard_dir / "missing.parquet").num_rows == 0
         manifest = json.loads((shard_dir / "manifest.json").read_text())
         import hashlib
         for s in manifest["shards"]:
@@ -149,6 +150,21 @@ def test_shards_read_back_to_exactly_the_subset_and_resume_by_shard(scored_run, 
     (run / "shards" / "top50" / "notes.txt").write_text("mine")
     with pytest.raises(ShardError, match="did not write"):
         run_shard(cfg, run, LocalRunner())
+
+
+def test_rows_whose_image_is_missing_are_listed_by_uid(scored_run, tmp_path):
+    run = _fresh(scored_run, tmp_path)
+    run_tier(TierConfig(base=BASE, standard_fractions=[1.0]), run)
+    tar = sorted((run / "download" / "shards").glob("*.tar"))[0]
+    tar.write_bytes(tar.read_bytes()[:tar.stat().st_size // 2])  # a download tar cut short
+    stats = run_shard(ShardConfig(samples_per_shard=50), run, LocalRunner())
+    shard_dir = run / "shards" / "top100"
+    subset = pq.read_table(run / "tier" / "subsets" / "top100.parquet").column("uid").to_pylist()
+    missing = pq.read_table(shard_dir / "missing.parquet").column("uid").to_pylist()
+    assert missing and missing == sorted(set(subset) - set(_read_tars(shard_dir)))
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    assert manifest["missing_images"] == stats["missing_images"]["top100"] == len(missing)
+    assert manifest["samples"] == len(subset) - len(missing)
 
 
 @pytest.mark.ray

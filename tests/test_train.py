@@ -77,7 +77,7 @@ def _write_shard(path, samples):
                 tar.addfile(info, io.BytesIO(data))
 
 
-def test_shards_train_with_a_corrupt_sample_skipped_and_counted(tmp_path):
+def test_shards_train_with_a_corrupt_sample_skipped_and_counted(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     samples = {}
     for i in range(20):
@@ -86,13 +86,48 @@ def test_shards_train_with_a_corrupt_sample_skipped_and_counted(tmp_path):
                                "json": json.dumps({"uid": f"{i:032x}"}).encode()}
     samples["00003"]["jpg"] = b"not an image"
     _write_shard(tmp_path / "00000.tar", samples)
-    summary = train(_cfg({"shards": str(tmp_path / "00000.tar")}, samples_seen=40, batch_size=10), tmp_path / "run")
-    assert summary["steps"] == 4 and summary["records"] == 20 and summary["skipped"] == 2  # 40 samples = 2 epochs
+    cfg = _cfg({"shards": str(tmp_path / "00000.tar")}, samples_seen=40, batch_size=10, checkpoint_every_steps=2)
+    summary = train(cfg, tmp_path / "run")
+    assert summary["steps"] == 4 and summary["records"] == 20  # 40 samples = 2 epochs, the bad one twice
+    assert summary["samples_seen"] == 38 and summary["samples_skipped"] == 2
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["samples"] == 38 and last["samples_skipped"] == 2
+
+    real_save = checkpoint.save
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt("killed after the first checkpoint")
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed")
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    resumed = train(cfg, tmp_path / "resumed")  # the counts carry over the resume
+    assert (resumed["samples_seen"], resumed["samples_skipped"]) == (38, 2)
 
     uids = tmp_path / "uids.parquet"
     pq.write_table(pa.table({"uid": [f"{i:032x}" for i in range(10)]}), uids)
     summary = train(_cfg({"shards": str(tmp_path), "uids": str(uids)}, samples_seen=20, batch_size=10), tmp_path / "sub")
     assert summary["records"] == 10
+
+
+def test_the_batches_are_the_same_whatever_the_worker_count(tmp_path):
+    from train.data import Record
+    from train.train import make_loader
+
+    image = tmp_path / "0.png"
+    render(random_scene(np.random.default_rng(0)), np.random.default_rng(0), 8, 8).save(image)
+    records = [Record(str(image), None, str(i)) for i in range(10)]
+    tokenize = lambda captions: torch.tensor([[int(captions[0])]])  # noqa: E731 - the record's index
+
+    def batches(workers: int) -> list[list[int]]:
+        cfg = _cfg({"pairs": "."}, batch_size=4, samples_seen=16)
+        cfg.data.workers = workers
+        loader = iter(make_loader(cfg, records, lambda im: torch.zeros(1), tokenize, position=4))
+        return [next(loader)[1].flatten().tolist() for _ in range(5)]
+
+    assert batches(0) == batches(2)
 
 
 def test_bad_training_inputs_are_clear_errors(tmp_path):

@@ -1,4 +1,4 @@
-"""Checkpoints: model config + train config + step + weights + optimizer, saved atomically and loaded
+"""Checkpoints: model config + train config + step and sample counts + weights + optimizer, saved atomically and loaded
 with `weights_only=True`. The file is also an open_clip `pretrained=` file (it has a `state_dict`)."""
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ def plain_state_dict(model) -> dict:
 
 
 def save(path: Path, model, optimizer, step: int, model_name: str, train_config: dict,
-         strategy_state: dict | None = None) -> None:
-    """`strategy_state`: weights a strategy trains outside the CLIP model (SLIP's head); eval ignores them."""
+         strategy_state: dict | None = None, counts: dict[str, int] | None = None) -> None:
+    """`strategy_state`: weights a strategy trains outside the CLIP model (SLIP's head); eval ignores them.
+    `counts`: where the data stream stands (`position`, `samples_seen`, `samples_skipped`), for a resume."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model_name": model_name, "model_config": model_config(model_name), "train_config": train_config,
              "step": step, "state_dict": plain_state_dict(model),
              "optimizer": optimizer.state_dict() if optimizer is not None else None,
-             "strategy_state": strategy_state or {}}
+             "strategy_state": strategy_state or {}, **(counts or {})}
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)

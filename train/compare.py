@@ -4,16 +4,20 @@ the config's eval sets, and tabulate results with 95% intervals over seeds.
 
 DIR/results.csv has one row per cell, DIR/summary.csv one row per (subset, strategy, model, regime), and
 with a `reference:` cell DIR/versus_reference.csv each cell's paired difference from it (train/versus.py).
-A cell's row lives in DIR/train/<cell>/result.json: a finished cell is never trained again; a failed one
-(any exception: a subset smaller than one batch, a missing eval set, ...) is recorded with its error and
-retried on the next run, and the other cells still run."""
+A cell's row lives in DIR/train/<cell>/result.json with the cell's fingerprint: a hash of everything that
+decides its result (the subset's shards, the train config, the eval sets). A finished cell whose
+fingerprint still holds is never trained again; a changed cell runs again (its checkpoint is kept when
+only the eval sets changed); a failed one (any exception: a subset smaller than one batch, a missing eval
+set, ...) is recorded with its error and retried on the next run, and the other cells still run."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from curate.io import atomic_write_bytes, atomic_write_json
+from curate.io import atomic_write_bytes, atomic_write_json, fingerprint, read_json
 from pipelines.config import PipelineConfig
 from train.config import ClipStrategy, Strategy, TrainConfig
 from train.versus import VERSUS, Reference, t_interval, versus_reference
@@ -31,10 +35,11 @@ log = logging.getLogger(__name__)
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 GRID_KEYS = ("model", "seed", "samples_seen", "strategy")  # set per cell, not in `train`
-LEADING = ["subset", "subset_size", "strategy", "model", "seed", "regime", "samples_seen", "wall_s",
-           "samples_per_s", "status", "error"]
+LEADING = ["subset", "subset_size", "strategy", "model", "seed", "regime", "samples_seen", "samples_skipped",
+           "wall_s", "samples_per_s", "status", "error", "fingerprint"]
 GROUP = ["subset", "subset_size", "strategy", "model", "regime", "samples_seen", "seeds_ok", "seeds_failed"]
 SUMMARIZED_LEAVES = ("top1", "top5", "r1", "r5", "r10")
+TRAINING_MARKER = "training.fingerprint"  # in a cell's folder: the training_fingerprint its checkpoint is of
 
 
 class EvalSet(BaseModel):
@@ -84,7 +89,7 @@ class CompareConfig(BaseModel):
                                                          if k in train.get("data", {})]
         if owned:
             raise ValueError(f"train: {owned} are set per cell by the grid; remove them")
-        TrainConfig.model_validate({**train, "data": {**train.get("data", {}), "shards": "."}})
+        shared_train(train)
         return train
 
     @property
@@ -109,6 +114,13 @@ class CompareConfig(BaseModel):
             raise ValueError(f"reference {self.reference.model_dump()} is not a cell of the grids "
                              f"(subsets {sorted(subsets)}, strategies {sorted(labels)})")
         return self
+
+
+def shared_train(train: dict) -> TrainConfig:
+    """The shared train keys as a TrainConfig, defaults filled in (the per-cell keys are placeholders)."""
+    batch = train.get("batch_size", TrainConfig.model_fields["batch_size"].default)
+    data = {**train.get("data", {}), "shards": "."}
+    return TrainConfig.model_validate({**train, "samples_seen": batch, "data": data})
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,43 @@ def subset_size(shards: Path) -> int:
     return len(shard_records(resolve_shards(shards)))
 
 
+def file_digest(path: Path) -> str | None:
+    """sha256 of a (small) file's bytes; None when it does not exist."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def subset_identity(shards: Path) -> str | None:
+    """What a subset folder holds: its manifest.json (every tar's sha256), else its tars' names, sizes and
+    modification times; None when it holds neither."""
+    manifest = file_digest(shards / "manifest.json")
+    tars = sorted(shards.glob("*.tar"))
+    if manifest or not tars:
+        return manifest
+    return fingerprint([(t.name, t.stat().st_size, t.stat().st_mtime_ns) for t in tars])
+
+
+def training_fingerprint(cfg: CompareConfig, cell: Cell, strategy: dict, out_dir: Path) -> str:
+    """Everything that decides a cell's checkpoint: the subset's shards, the shared train keys, model, seed,
+    strategy and samples (one_pass: implied by the subset and the batch size)."""
+    shared = shared_train(cfg.train).model_dump(mode="json", exclude=set(GRID_KEYS))
+    del shared["data"]["shards"]
+    samples = cfg.samples_seen if cell.regime == "equal_samples" else None
+    return fingerprint(subset_identity(out_dir / "shards" / cell.subset), shared, cell.model, cell.seed,
+                       cell.regime, samples, strategy)
+
+
+def trained_otherwise(cell_dir: Path, training: str) -> bool:
+    """Whether a cell folder holds training of another subset or train config (or of unknown origin)."""
+    marker = cell_dir / TRAINING_MARKER
+    return cell_dir.exists() and not (marker.exists() and marker.read_text() == training)
+
+
+def eval_identity(ev: EvalSet) -> dict:
+    """An eval set by what decides its metrics: name, rows (`where`), class columns and pairs.parquet."""
+    return {"name": ev.name, "where": ev.where, "class_columns": ev.class_columns,
+            "pairs": file_digest(ev.pairs / "pairs.parquet")}
+
+
 def flatten(metrics: dict, prefix: str) -> dict[str, Any]:
     """{"retrieval": {"i2t": {"r1": x}}} -> {"<prefix>/retrieval/i2t/r1": x}."""
     out = {}
@@ -180,8 +229,8 @@ def run_cell(cfg: CompareConfig, cell: Cell, strategy: dict, out_dir: Path) -> d
             **cfg.train, "model": cell.model, "seed": cell.seed, "samples_seen": samples, "strategy": strategy,
             "data": {**cfg.train.get("data", {}), "shards": str(shards)}})
         summary = train(train_cfg, out_dir / "train" / cell.id)
-        row.update(samples_seen=summary["samples_seen"], wall_s=summary["wall_s"],
-                   samples_per_s=summary["samples_per_s"])
+        row.update(samples_seen=summary["samples_seen"], samples_skipped=summary["samples_skipped"],
+                   wall_s=summary["wall_s"], samples_per_s=summary["samples_per_s"])
         for ev in cfg.eval_sets:
             metrics = evaluate(Path(summary["checkpoint"]), ev.pairs, ev.class_columns, ev.where)
             row.update(flatten(metrics, ev.name))
@@ -229,8 +278,9 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def compare(cfg: CompareConfig, out_dir: Path) -> list[dict]:
-    """Run the pipeline (if any), then every cell not yet finished; returns the result rows."""
-    out_dir = Path(out_dir)
+    """Run the pipeline (if any), then every cell not finished with its current fingerprint; returns the
+    result rows."""
+    out_dir = Path(out_dir).resolve()  # the same cells whether DIR is given relative or absolute
     if cfg.pipeline is not None:
         from pipelines.run import run_pipeline
 
@@ -239,15 +289,22 @@ def compare(cfg: CompareConfig, out_dir: Path) -> list[dict]:
     resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     atomic_write_bytes(out_dir / "compare.resolved.yaml", resolved.encode())
     grid = cells(cfg)
+    evals = [eval_identity(ev) for ev in cfg.eval_sets]
     rows: list[dict] = []
     for i, (cell, strategy) in enumerate(grid):
-        result_path = out_dir / "train" / cell.id / "result.json"
-        row = json.loads(result_path.read_text()) if result_path.exists() else None
-        if row is None or row["status"] != "ok":
+        cell_dir = out_dir / "train" / cell.id
+        training = training_fingerprint(cfg, cell, strategy, out_dir)
+        if trained_otherwise(cell_dir, training):
+            log.info("cell %s: its subset or train config changed; training it afresh", cell.id)
+            shutil.rmtree(cell_dir)
+        cell_fingerprint = fingerprint(training, evals)
+        row = read_json(cell_dir / "result.json") if (cell_dir / "result.json").exists() else None
+        if row is None or row["status"] != "ok" or row.get("fingerprint") != cell_fingerprint:
             log.info("cell %d/%d: %s", i + 1, len(grid), cell.id)
             start = time.time()
-            row = run_cell(cfg, cell, strategy, out_dir)
-            atomic_write_json(result_path, row)
+            atomic_write_bytes(cell_dir / TRAINING_MARKER, training.encode())
+            row = {**run_cell(cfg, cell, strategy, out_dir), "fingerprint": cell_fingerprint}
+            atomic_write_json(cell_dir / "result.json", row)
             log.info("cell %s: %s in %.0fs", cell.id, row["status"], time.time() - start)
         rows.append(row)
         write_csv(out_dir / "results.csv", rows, LEADING)

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from curate.tars import safe_members
+from train.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,16 @@ def resolve_shards(spec: str | Path) -> list[Path]:
     return shards
 
 
+def check_source(data: DataConfig) -> None:
+    """Fail before any work when the configured data is not there."""
+    if data.pairs is not None and not (data.pairs / "pairs.parquet").exists():
+        raise FileNotFoundError(f"{data.pairs}/pairs.parquet not found: data.pairs takes a pairs directory")
+    if data.shards is not None:
+        resolve_shards(data.shards)
+    if data.uids is not None and not data.uids.exists():
+        raise FileNotFoundError(f"data.uids {data.uids} does not exist")
+
+
 def _open_tar(path: str) -> tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]:
     """The tar and its safe members by name (extracting by TarInfo never rescans a truncated tar)."""
     tar = tarfile.open(path)
@@ -121,16 +132,18 @@ def load_image(record: Record, tars: dict[str, tuple[tarfile.TarFile, dict]]) ->
 class PairStream(torch.utils.data.IterableDataset):
     """Endless (image tensor, token ids) pairs in a seeded order, starting after `start` samples.
 
-    With DataLoader workers, worker w keeps positions w, w+W, ...; batches then interleave workers in
-    order, so the stream is the same whatever the worker count. An undecodable sample yields None in
-    its place (so positions, and resumes, stay exact); `collate` drops and counts it."""
+    A DataLoader worker fills whole batches from its own samples and the loader takes batches from the
+    workers in turn, so worker w of W keeps the positions of batches w, w+W, ... after `start`: every
+    batch holds the same positions whatever the worker count, and a resume at a batch boundary is exact.
+    An undecodable sample yields None in its place (so positions stay exact); `collate` drops and
+    counts it."""
 
     def __init__(self, records: list[Record], transform: Callable, tokenize: Callable, seed: int,
-                 start: int = 0):
+                 start: int = 0, batch_size: int = 1):
         if not records:
             raise ValueError("no training records: the subset, pairs directory or shard list is empty")
         self.records, self.transform, self.tokenize = records, transform, tokenize
-        self.seed, self.start = seed, start
+        self.seed, self.start, self.batch_size = seed, start, batch_size
 
     def order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.records))
@@ -151,7 +164,7 @@ class PairStream(torch.utils.data.IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         tars: dict[str, tuple[tarfile.TarFile, dict]] = {}
         for position, index in self.positions():
-            if position % workers != worker:
+            if (position - self.start) // self.batch_size % workers != worker:
                 continue
             record = self.records[index]
             try:

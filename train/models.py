@@ -1,13 +1,17 @@
-"""Models: open_clip architectures from `configs/models/*.json`, random init or a local checkpoint."""
+"""Models: open_clip architectures from `configs/models/*.json`, random init or a local checkpoint.
+
+The JSON files ship inside this package (`train/model_configs/`, package data), so an installed `curate`
+finds them anywhere; `configs/models` in the repository is a link to that folder."""
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 import open_clip
 import torch
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "models"
+MODEL_CONFIG_DIR = Path(str(resources.files("train") / "model_configs"))
 _registered = False
 
 

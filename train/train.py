@@ -1,7 +1,9 @@
-"""Train a CLIP model on one data source for exactly `samples_seen` samples.
+"""Train a CLIP model on one data source for `samples_seen` samples: `samples_seen / batch_size` steps.
 
 Reads top to bottom: device, model and strategy, optimizer and schedule, resume, data, loop, checkpoint.
-Strategy specifics (transforms, model changes per phase, loss) live in train/strategies.py."""
+Strategy specifics (transforms, model changes per phase, loss) live in train/strategies.py.
+A sample that does not decode is left out of its batch: the summary's `samples_seen` counts the samples
+the model trained on, `samples_skipped` the ones the data stream gave that it did not."""
 from __future__ import annotations
 
 import json
@@ -70,9 +72,9 @@ def same_config(saved: dict, cfg: TrainConfig) -> bool:
         return False
 
 
-def make_loader(cfg: TrainConfig, records, transform, tokenize, step: int) -> torch.utils.data.DataLoader:
-    """Batches of the endless seeded stream, starting after `step` batches."""
-    stream = PairStream(records, transform, tokenize, cfg.seed, start=step * cfg.batch_size)
+def make_loader(cfg: TrainConfig, records, transform, tokenize, position: int) -> torch.utils.data.DataLoader:
+    """Batches of the endless seeded stream, starting after `position` samples."""
+    stream = PairStream(records, transform, tokenize, cfg.seed, start=position, batch_size=cfg.batch_size)
     return torch.utils.data.DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.data.workers,
                                        collate_fn=collate, persistent_workers=False)
 
@@ -95,7 +97,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
 
     # optimizer, schedule, and where a previous run stopped
     optimizer = adamw([model, extra], cfg)
-    step = 0
+    step = position = seen = skipped = 0  # steps done, samples the stream gave, trained on, skipped
     ckpt_path, summary_path = out_dir / "checkpoint.pt", out_dir / "summary.json"
     if ckpt_path.exists():
         state = checkpoint.read(ckpt_path)
@@ -105,6 +107,8 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
         extra.load_state_dict(state.get("strategy_state") or {})
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
+        position = state.get("position", step * cfg.batch_size)  # checkpoints from before these counts
+        seen, skipped = state.get("samples_seen", position), state.get("samples_skipped", 0)
         if step >= cfg.steps and summary_path.exists():
             log.info("%s is finished (%d steps); keeping it", out_dir, step)
             return json.loads(summary_path.read_text())
@@ -115,7 +119,7 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
     # loop: phase by phase; each phase's data continues the same seeded stream
     model.train()
     extra.train()
-    skipped, start_step, start_time = 0, step, time.time()
+    start_seen, start_time = seen, time.time()
     metrics = open(out_dir / "metrics.jsonl", "a")
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.model} {cfg.strategy.name}", unit="step",
                mininterval=2)
@@ -123,12 +127,14 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
         if step >= phase.end_step:
             continue
         with strategy.applied(model, phase):
-            batches = iter(make_loader(cfg, records, strategy.transform(phase), strategy.tokenizer(phase), step))
+            batches = iter(make_loader(cfg, records, strategy.transform(phase), strategy.tokenizer(phase), position))
             while step < phase.end_step:
                 images, texts, n_skipped = next(batches)
-                skipped += n_skipped
-                if len(images) < 2:
+                position += len(images) + n_skipped
+                if len(images) < 2:  # nothing to contrast: the whole batch is skipped
+                    skipped += len(images) + n_skipped
                     continue
+                skipped += n_skipped
                 lr = cosine_lr(step, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -140,25 +146,27 @@ def train(cfg: TrainConfig, out_dir: Path) -> dict:
                 with torch.no_grad():
                     model.logit_scale.clamp_(0, math.log(100))
                 step += 1
-                rate = (step - start_step) * cfg.batch_size / (time.time() - start_time)
+                seen += len(images)
+                rate = (seen - start_seen) / (time.time() - start_time)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}", samples_per_s=f"{rate:.0f}")
                 if step % cfg.log_every_steps == 0 or step == cfg.steps:
                     metrics.write(json.dumps({
-                        "step": step, "samples": step * cfg.batch_size, "phase": phase.name,
+                        "step": step, "samples": seen, "phase": phase.name,
                         "loss": round(loss.item(), 5), **{k: round(v, 5) for k, v in figures.items()},
-                        "lr": lr, "samples_per_s": round(rate, 1), "skipped": skipped}) + "\n")
+                        "lr": lr, "samples_per_s": round(rate, 1), "samples_skipped": skipped}) + "\n")
                     metrics.flush()
                 if step % cfg.checkpoint_every_steps == 0 or step == cfg.steps:
                     checkpoint.save(ckpt_path, model, optimizer, step, cfg.model, cfg.model_dump(mode="json"),
-                                    extra.state_dict())
+                                    extra.state_dict(),
+                                    {"position": position, "samples_seen": seen, "samples_skipped": skipped})
     bar.close()
     metrics.close()
 
     wall_s = time.time() - start_time
-    summary = {"model": cfg.model, "strategy": cfg.strategy.name, "steps": step, "samples_seen": step * cfg.batch_size,
-               "records": len(records), "skipped": skipped, "wall_s": round(wall_s, 2),
-               "samples_per_s": round((step - start_step) * cfg.batch_size / max(wall_s, 1e-9), 1),
+    summary = {"model": cfg.model, "strategy": cfg.strategy.name, "steps": step, "samples_seen": seen,
+               "samples_skipped": skipped, "records": len(records), "wall_s": round(wall_s, 2),
+               "samples_per_s": round((seen - start_seen) / max(wall_s, 1e-9), 1),
                "checkpoint": str(ckpt_path)}
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
