@@ -1,15 +1,14 @@
 """The download stage: img2dataset fetches each part's URLs into one WebDataset shard; we keep a
-uid-keyed Parquet per part with a status for every row, including the rows img2dataset never saw."""
+uid-keyed Parquet per part with a status for every row, including the rows img2dataset never saw. A
+rerun fetches a done part's transient failures again (`retry_transient`) into a shard of their own."""
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
+import re
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +17,7 @@ from curate.fetch import Limits, guarded_img2dataset
 from curate.io import Part, fingerprint
 from curate.netguard import Guard
 from curate.schema import CAPTION, ERROR, STATUS, UID, URL, Status
-from curate.stage import MapStage, Resources
+from curate.stage import MapStage, Resources, done_marker
 
 SHARDS_DIR = "shards"
 KEY_DIGITS = 5  # img2dataset's oom_shard_count: shard 42 is shards/00042.tar
@@ -39,6 +38,9 @@ class DownloadConfig(BaseModel):
     thread_count: int = Field(32, ge=1, le=1024)
     timeout_s: float = Field(10.0, gt=0)
     retries: int = Field(0, ge=0, le=10, description="img2dataset's per-URL retries")
+    retry_transient: int = Field(1, ge=0, le=100, description=(
+        "reruns fetch rows that failed transiently (connection_error, timeout, HTTP 5xx) again, up to this "
+        "many times in all; 0 = never"))
     deadline_s: float = Field(60.0, gt=0, description="a whole response must arrive within this (endless bodies)")
     max_response_bytes: int = Field(50_000_000, ge=1, description="larger responses end as too_large")
     allow_private_networks: bool = Field(
@@ -89,7 +91,17 @@ def classify_error(message: str | None) -> str:
     return Status.DOWNLOAD_ERROR
 
 
-OUTPUT_FIELDS = {
+TRANSIENT_HTTP = re.compile(r"HTTP Error 5\d\d\b")
+
+
+def is_transient(status: str | None, error: str | None) -> bool:
+    """A failure that may not happen on another try: the connection, a timeout, an HTTP 5xx."""
+    return status in (Status.CONNECTION_ERROR, Status.TIMEOUT) or (
+        status == Status.HTTP_ERROR and TRANSIENT_HTTP.search(error or "") is not None)
+
+
+ATTEMPTS = "attempts"  # how often the row was fetched: 0 for rows stopped by the input checks
+OUTPUT_FIELDS = {  # set for ok rows only
     "width": pa.int32(), "height": pa.int32(), "original_width": pa.int32(), "original_height": pa.int32(),
     "sha256": pa.string(), "key": pa.string(), "shard": pa.string(),
 }
@@ -101,7 +113,7 @@ class DownloadStage(MapStage):
 
     name = "download"
     requires = (UID, URL, CAPTION, STATUS, ERROR)
-    provides = (STATUS, ERROR, *OUTPUT_FIELDS)
+    provides = (STATUS, ERROR, *OUTPUT_FIELDS, ATTEMPTS)
     resources = Resources(num_cpus=1)
 
     def __init__(self, cfg: DownloadConfig, allowed_endpoints: frozenset[tuple[str, int]] = frozenset()):
@@ -133,58 +145,78 @@ class DownloadStage(MapStage):
             user_agent_token=self.cfg.user_agent_token,
             disallowed_header_directives=self.cfg.disallowed_header_directives)
 
+    def redo(self, part: Part) -> bool:
+        """A done part runs again while it has transient failures with retries left."""
+        if not self.cfg.retry_transient:
+            return False
+        return any(self._retry_rows(pq.read_table(part.output_path, columns=[STATUS, ERROR, ATTEMPTS])))
+
+    def _retry_rows(self, table: pa.Table) -> list[bool]:
+        statuses, errors, attempts = (table.column(c).to_pylist() for c in (STATUS, ERROR, ATTEMPTS))
+        return [is_transient(s, e) and a <= self.cfg.retry_transient for s, e, a in zip(statuses, errors, attempts)]
+
     def process_part(self, table: pa.Table, part: Part) -> pa.Table:
-        shard_dir = part.stage_dir / SHARDS_DIR
-        name = f"{part.index:0{KEY_DIGITS}d}"
-        pending = table.filter(pc.is_null(table.column(STATUS))).select([UID, CAPTION, URL])
-        results: dict[str, dict] = {}
-        if pending.num_rows:
-            meta = self._download(pending, part, shard_dir, name)
-            results = {r[UID]: r for r in meta.to_pylist()}
-        return self._merge(table, results, f"{SHARDS_DIR}/{name}.tar")
+        """A fresh part fetches every row without a status into shard `NNNNN`; a done part sent back by
+        `redo` fetches its transient failures into shard `NNNNN-retryK`, every other row as it was."""
+        shard = f"{part.index:0{KEY_DIGITS}d}"
+        if done_marker(self, part) is None:
+            fetch = table.column(STATUS).is_null().to_pylist()
+            table = table.append_column(ATTEMPTS, pa.array([0] * table.num_rows, pa.int32()))
+            for k, t in OUTPUT_FIELDS.items():
+                table = table.append_column(k, pa.nulls(table.num_rows, t))
+        else:
+            table = pq.read_table(part.output_path)
+            fetch = self._retry_rows(table)
+            shard += f"-retry{max(a for a, f in zip(table.column(ATTEMPTS).to_pylist(), fetch) if f)}"
+        pending = table.filter(pa.array(fetch)).select([UID, CAPTION, URL])
+        results = self._download(pending, part, shard) if pending.num_rows else {}
+        return self._merge(table, fetch, results, f"{SHARDS_DIR}/{shard}.tar")
 
-    def _download(self, pending: pa.Table, part: Part, shard_dir: Path, name: str) -> pa.Table:
-        """img2dataset into a folder of this attempt only, then its files renamed into place: an attempt
-        still running after its driver died can never interleave writes with the rerun's."""
-        for stale in shard_dir.glob(f".{part.name}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
-        attempt = shard_dir / f".{part.name}.{uuid.uuid4().hex[:8]}.tmp"
-        attempt.mkdir(parents=True)
-        try:
-            request = attempt / "request.arrow"
-            feather.write_feather(pending, str(request), compression="uncompressed")
-            guard = Guard(self.cfg.allow_private_networks, self.allowed_endpoints)
-            limits = Limits(self.cfg.deadline_s, self.cfg.max_response_bytes, self.cfg.max_image_area)
-            with guarded_img2dataset(guard, limits):
-                ok, _ = self._downloader(attempt)((part.index, str(request)))
-            if not ok:
-                raise RuntimeError(f"img2dataset failed on {part.name} (its traceback is above)")
-            meta = pq.read_table(attempt / f"{name}.parquet")
-            for produced in (f"{name}.tar", f"{name}.parquet", f"{name}_stats.json"):
-                os.replace(attempt / produced, shard_dir / produced)
-            return meta
-        finally:
-            shutil.rmtree(attempt, ignore_errors=True)
+    def _download(self, pending: pa.Table, part: Part, shard: str) -> dict[str, dict]:
+        """img2dataset writes the shard (tar, parquet, stats) into the attempt's staging folder, which the
+        driver moves into place once it has the result; returns img2dataset's row per uid. A retry's
+        shard is renamed to `shard`, or dropped when none of its rows came back."""
+        shard_dir = part.staging_dir / SHARDS_DIR
+        shard_dir.mkdir(parents=True)
+        request = part.staging_dir / "request.arrow"  # img2dataset deletes it when done
+        feather.write_feather(pending, str(request), compression="uncompressed")
+        guard = Guard(self.cfg.allow_private_networks, self.allowed_endpoints)
+        limits = Limits(self.cfg.deadline_s, self.cfg.max_response_bytes, self.cfg.max_image_area)
+        with guarded_img2dataset(guard, limits):
+            ok, _ = self._downloader(shard_dir)((part.index, str(request)))
+        if not ok:
+            raise RuntimeError(f"img2dataset failed on {part.name} (its traceback is above)")
+        written = f"{part.index:0{KEY_DIGITS}d}"
+        results = {r[UID]: r for r in pq.read_table(shard_dir / f"{written}.parquet").to_pylist()}
+        if shard != written:
+            keep = any(r["status"] == "success" for r in results.values())
+            for produced in (f"{written}.tar", f"{written}.parquet", f"{written}_stats.json"):
+                if keep:
+                    os.replace(shard_dir / produced, shard_dir / produced.replace(written, shard, 1))
+                else:
+                    (shard_dir / produced).unlink()
+        return results
 
-    def _merge(self, table: pa.Table, results: dict[str, dict], shard: str) -> pa.Table:
-        statuses, errors = table.column(STATUS).to_pylist(), table.column(ERROR).to_pylist()
-        extra: dict[str, list] = {k: [] for k in OUTPUT_FIELDS}
+    def _merge(self, table: pa.Table, fetched: list[bool], results: dict[str, dict], shard: str) -> pa.Table:
+        """`table` with each fetched row's outcome: status, error, one more attempt and, when ok, the
+        image's columns; the other rows as they were."""
+        columns = {c: table.column(c).to_pylist() for c in (STATUS, ERROR, ATTEMPTS, *OUTPUT_FIELDS)}
         for i, uid in enumerate(table.column(UID).to_pylist()):
-            row = results.get(uid) if statuses[i] is None else None
-            if statuses[i] is None and row is None:
-                statuses[i], errors[i] = Status.DOWNLOAD_ERROR, "img2dataset returned no result for this row"
-            elif row is not None:
-                ok = row["status"] == "success"
-                statuses[i] = Status.OK if ok else classify_error(row["error_message"])
-                errors[i] = None if ok else (row["error_message"] or row["status"])[:500]
+            if not fetched[i]:
+                continue
+            row = results.get(uid)
+            columns[ATTEMPTS][i] += 1
+            if row is None:
+                status, error = Status.DOWNLOAD_ERROR, "img2dataset returned no result for this row"
+            elif row["status"] == "success":
+                status, error = Status.OK, None
+            else:
+                status = classify_error(row["error_message"])
+                error = (row["error_message"] or row["status"])[:500]
+            columns[STATUS][i], columns[ERROR][i] = status, error
             for k in OUTPUT_FIELDS:
-                value = None
-                if row is not None and statuses[i] == Status.OK:
-                    value = shard if k == "shard" else row.get(k)
-                extra[k].append(value)
-        out = table.set_column(table.schema.get_field_index(STATUS), STATUS, pa.array(statuses, pa.string()))
-        out = out.set_column(out.schema.get_field_index(ERROR), ERROR, pa.array(errors, pa.string()))
-        for k, t in OUTPUT_FIELDS.items():
-            out = out.append_column(k, pa.array(extra[k], t))
-        return out
-
+                columns[k][i] = (shard if k == "shard" else row.get(k)) if status == Status.OK else None
+        types = {STATUS: pa.string(), ERROR: pa.string(), ATTEMPTS: pa.int32(), **OUTPUT_FIELDS}
+        for c, values in columns.items():
+            table = table.set_column(table.schema.get_field_index(c), c, pa.array(values, types[c]))
+        return table

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,25 +66,34 @@ def fingerprint(*items: Any) -> str:
     return h.hexdigest()[:16]
 
 
+# Done-marker fields that say how a part was made, not what it holds.
+MARKER_CIRCUMSTANCES = ("wall_s", "node")
+
+
 def markers_fingerprint(paths: Iterable[Path]) -> str:
-    """What a set of done markers says about their outputs (not how long they took)."""
-    return fingerprint([{k: v for k, v in read_json(p).items() if k != "wall_s"} for p in sorted(paths)])
+    """What a set of done markers says about their outputs (not how long they took, nor where)."""
+    return fingerprint([{k: v for k, v in read_json(p).items() if k not in MARKER_CIRCUMSTANCES}
+                        for p in sorted(paths)])
 
 
-def uids_fingerprint(uids: Iterable[str]) -> str:
+def file_fingerprint(path: Path) -> str:
+    """A short hash of a file's bytes (a part's input: a changed input means a stale output)."""
     h = hashlib.sha256()
-    for uid in uids:
-        h.update(uid.encode())
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
     return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class Part:
-    """One unit of work: an input Parquet file and where its output and done marker go."""
+    """One unit of work: an input Parquet file and where its output and done marker go. A part with an
+    `attempt` is one run of it in progress: its outputs go to `staging_dir` until the driver commits them."""
 
     index: int
     input_path: Path
     stage_dir: Path
+    attempt: str | None = None
 
     @property
     def name(self) -> str:
@@ -101,6 +111,25 @@ class Part:
     @property
     def done_path(self) -> Path:
         return self.stage_dir / DONE_DIR / f"{self.name}.json"
+
+    @property
+    def staging_dir(self) -> Path:
+        """This attempt's own folder, laid out like the stage folder (`shards/...`, `part-*.parquet`)."""
+        if not self.attempt:
+            raise ValueError(f"{self.name} is not an attempt: only a running attempt has a staging folder")
+        return self.stage_dir / f".{self.name}.{self.attempt}.tmp"
+
+
+def move_staged(part: Part) -> None:
+    """Move every file of an attempt's staging folder to the same place in the stage folder, then remove
+    the staging folders of every attempt of this part (ones left by dead workers included)."""
+    staging = part.staging_dir
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        target = part.stage_dir / path.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    for stale in part.stage_dir.glob(f".{part.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def read_done(part: Part) -> dict | None:

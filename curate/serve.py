@@ -3,6 +3,7 @@
 Routes (the path after the route names a file under the served root):
   /f/<path>         the file, with a content type from its extension
   /x/404/<path>     404 Not Found            /x/500/<path>   500 Internal Server Error
+  /x/flaky/<path>   503 Service Unavailable the first time this server is asked for it, then the file
   /x/slow/<path>    accepts, then sends nothing until `hang_s` passes (a hanging host)
   /x/reset/<path>   promises a long body, sends a little, then resets the connection
   /x/loop/<path>    redirects to itself forever
@@ -132,6 +133,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found")
         elif route == "500":
             self._send(500, b"server error")
+        elif route == "flaky":
+            if self.server.first_time(rel):
+                self._send(503, b"try again later")
+            else:
+                self._send_file(rel)
         elif route == "noai":
             self._send_file(rel, {"X-Robots-Tag": "noai"})
         elif route == "loop":
@@ -162,7 +168,16 @@ class _Server(ThreadingHTTPServer):
         self.hang_s = hang_s
         self.stopping = threading.Event()
         self._bomb: bytes | None = None
+        self._asked: set[str] = set()
+        self._asked_lock = threading.Lock()
         super().__init__((host, port), _Handler)
+
+    def first_time(self, rel: str) -> bool:
+        """True on the first request for `rel` (the flaky route), False after."""
+        with self._asked_lock:
+            first = rel not in self._asked
+            self._asked.add(rel)
+            return first
 
     def gzip_bomb(self) -> bytes:
         if self._bomb is None:

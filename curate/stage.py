@@ -3,14 +3,17 @@ a GlobalStage needs every row at once. Runners (local or Ray) call the same code
 from __future__ import annotations
 
 import logging
+import shutil
+import socket
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.io import Part, atomic_write_json, atomic_write_parquet, read_column, read_done, uids_fingerprint, write_done
+from curate.io import Part, atomic_write_json, file_fingerprint, move_staged, read_column, read_done, write_done
 from curate.schema import STATUS, UID
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,8 @@ class MapStage:
     Subclasses keep `__init__` cheap (it is pickled to workers), load heavy things in `setup()`
     (called once per worker) into attributes whose names start with `_` (never pickled), and do
     the work in `process()`. A part-parallel stage that writes
-    side files (tars) overrides `process_part()` to learn which part it is working on.
+    side files (tars) overrides `process_part()` to learn which part it is working on, and writes
+    them under `part.staging_dir` when they must appear only once the part is committed.
     """
 
     name: str = "map"
@@ -65,6 +69,11 @@ class MapStage:
         """Hash of whatever changes this stage's output; stored in done markers."""
         return ""
 
+    def redo(self, part: Part) -> bool:
+        """Whether a part done from the same input and config runs again all the same (the download
+        fetches transient failures again)."""
+        return False
+
 
 class GlobalStage:
     """Needs all rows (clustering, quantiles): reads uid-keyed parts, writes artifacts."""
@@ -86,33 +95,58 @@ def check_output(stage: MapStage, table: pa.Table, out: pa.Table) -> None:
         )
 
 
-def run_part(stage: MapStage, part: Part) -> dict:
-    """Run one part to completion: process, check, write atomically, then mark done."""
+def stage_part(stage: MapStage, part: Part, node: str | None = None) -> tuple[Part, dict]:
+    """Run one part into a staging folder of its own: process, check, write. Returns the attempt (whose
+    `staging_dir` holds the outputs) and its done marker; nothing counts until `commit_part`. `node`
+    names where it ran (default: this host)."""
     stage.ensure_setup()
     start = time.time()
-    table = pq.read_table(part.input_path)
-    missing = [c for c in stage.requires if c not in table.column_names]
-    if missing:
-        raise StageOutputError(f"stage {stage.name!r} needs columns {missing} in {part.input_path}")
-    out = stage.process_part(table, part)
-    check_output(stage, table, out)
-    atomic_write_parquet(part.output_path, out)
-    marker = {
-        "part": part.name,
-        "rows": out.num_rows,
-        "input_uids": uids_fingerprint(table.column(UID).to_pylist()),
-        "config": stage.config_fingerprint(),
-        "wall_s": round(time.time() - start, 3),
-    }
-    write_done(part, marker)
-    log.debug("%s %s done: %d rows in %.2fs", stage.name, part.name, out.num_rows, marker["wall_s"])
+    attempt = replace(part, attempt=uuid.uuid4().hex[:12])
+    try:
+        table = pq.read_table(part.input_path)
+        missing = [c for c in stage.requires if c not in table.column_names]
+        if missing:
+            raise StageOutputError(f"stage {stage.name!r} needs columns {missing} in {part.input_path}")
+        out = stage.process_part(table, attempt)
+        check_output(stage, table, out)
+        attempt.staging_dir.mkdir(parents=True, exist_ok=True)
+        pq.write_table(out, attempt.staging_dir / part.output_path.name)
+    except BaseException:
+        shutil.rmtree(attempt.staging_dir, ignore_errors=True)
+        raise
+    marker = {"part": part.name, "rows": out.num_rows, "input": file_fingerprint(part.input_path),
+              "config": stage.config_fingerprint(), "node": node or socket.gethostname(),
+              "wall_s": round(time.time() - start, 3)}
+    log.debug("%s %s staged: %d rows in %.2fs", stage.name, part.name, out.num_rows, marker["wall_s"])
+    return attempt, marker
+
+
+def commit_part(attempt: Part, marker: dict) -> None:
+    """Move an attempt's outputs into place, then mark the part done. Only the driver that received the
+    attempt's result calls this, so a part that a worker finishes after its driver died never counts."""
+    move_staged(attempt)
+    write_done(attempt, marker)
+
+
+def run_part(stage: MapStage, part: Part) -> dict:
+    """Stage and commit one part in this process (tests, benchmarks)."""
+    attempt, marker = stage_part(stage, part)
+    commit_part(attempt, marker)
     return marker
 
 
-def is_done(stage: MapStage, part: Part, input_uids: str) -> bool:
-    """True when the part has a done marker made from the same input and config."""
+def done_marker(stage: MapStage, part: Part) -> dict | None:
+    """The part's done marker when it was made from the same input bytes and stage config, else None."""
     marker = read_done(part)
-    return bool(marker) and marker["input_uids"] == input_uids and marker["config"] == stage.config_fingerprint()
+    if marker and marker.get("input") == file_fingerprint(part.input_path) \
+            and marker["config"] == stage.config_fingerprint():
+        return marker
+    return None
+
+
+def is_done(stage: MapStage, part: Part) -> bool:
+    """True when the part has a current done marker and the stage does not want it run again."""
+    return done_marker(stage, part) is not None and not stage.redo(part)
 
 
 def write_stage_stats(stage_dir: Path, parts: list[Part], failed: list[str], wall_s: float, **extra) -> dict:

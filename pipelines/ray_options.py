@@ -34,3 +34,10 @@ def actor_pool_kwargs(resources: Resources, node_cpus: float) -> dict:
 
     return {"batch_size": 1, "batch_format": "pyarrow", "num_cpus": min(resources.num_cpus, max(node_cpus, 1.0)),
             "num_gpus": resources.num_gpus, "compute": ActorPoolStrategy(size=resources.actors)}
+
+
+def node_id() -> str:
+    """The Ray node this process runs on (tasks and actors record it in their parts' done markers)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()

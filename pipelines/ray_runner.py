@@ -1,15 +1,23 @@
-"""The Ray runner: one Ray task per part, with retries; starts a local Ray unless given an address."""
+"""The Ray runner: one Ray task per part, with retries; starts a local Ray unless given an address.
+Tasks and actors stage parts; the driver commits each result it receives (see pipelines/runners.py)."""
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from curate.io import Part
-from curate.stage import MapStage, run_part
-from pipelines.ray_options import actor_pool_kwargs, init_kwargs, largest_node_cpus, task_options
-from pipelines.runners import PartsFailed, pending_parts, progress, run_with_retries
+from curate.stage import MapStage, stage_part
+from pipelines.ray_options import actor_pool_kwargs, init_kwargs, largest_node_cpus, node_id, task_options
+from pipelines.runners import PartsFailed, commit, pending_parts, progress, stage_with_retries
 
 log = logging.getLogger(__name__)
+
+
+def stage_on_node(stage: MapStage, part: Part) -> tuple[Part, dict]:
+    """A Ray task: stage one part, its marker naming the Ray node that ran it."""
+    return stage_part(stage, part, node_id())
 
 
 class RayRunner:
@@ -35,7 +43,7 @@ class RayRunner:
             self._map_with_actors(stage, todo)
             return
         ray = self.ensure_ray()
-        task = ray.remote(run_part).options(**task_options(stage.resources, self.part_retries))
+        task = ray.remote(stage_on_node).options(**task_options(stage.resources, self.part_retries))
         refs = {task.remote(stage, part): part for part in todo}
         failed: dict[str, str] = {}
         with progress(stage, todo, " (ray)") as bar:
@@ -44,17 +52,19 @@ class RayRunner:
                 ready, waiting = ray.wait(waiting, num_returns=1)
                 part = refs[ready[0]]
                 try:
-                    ray.get(ready[0])
+                    error = commit(stage, ray.get(ready[0]))
                 except Exception as err:  # the task already used its retries
                     log.error("%s %s failed for good: %s", stage.name, part.name, err)
-                    failed[part.name] = str(err)[-2000:]
+                    error = str(err)[-2000:]
+                if error:
+                    failed[part.name] = error
                 bar.update(part.input_rows)
         if failed:
             raise PartsFailed(stage.name, failed)
 
     def _map_with_actors(self, stage: MapStage, todo: list[Part]) -> None:
         """Model stages: Ray Data `map_batches` over the parts with an actor pool (model loaded once per
-        actor); each actor runs whole parts, so outputs and done markers match the task path."""
+        actor); each actor stages whole parts and the driver commits them, as on the task path."""
         ray = self.ensure_ray()
         by_name = {p.name: p for p in todo}
         items = [{"index": p.index, "input": str(p.input_path), "stage_dir": str(p.stage_dir)} for p in todo]
@@ -64,10 +74,12 @@ class RayRunner:
         failed: dict[str, str] = {}
         with progress(stage, todo, " (ray actors)") as bar:
             for row in results.iter_rows():
-                if row["error"]:
-                    log.error("%s %s failed for good:\n%s", stage.name, row["part"], row["error"])
-                    failed[row["part"]] = row["error"]
-                bar.update(by_name[row["part"]].input_rows)
+                part = by_name[row["part"]]
+                error = row["error"] or commit(stage, (replace(part, attempt=row["attempt"]), json.loads(row["marker"])))
+                if error:
+                    log.error("%s %s failed for good:\n%s", stage.name, part.name, error)
+                    failed[part.name] = error
+                bar.update(part.input_rows)
         if failed:
             raise PartsFailed(stage.name, failed)
 
@@ -80,7 +92,8 @@ class RayRunner:
 
 
 class PartActor:
-    """A Ray Data actor: sets the stage up once, then runs whole parts (one per batch)."""
+    """A Ray Data actor: sets the stage up once, then stages whole parts (one per batch) and returns, per
+    part, its attempt and marker (or its error) for the driver to commit."""
 
     def __init__(self, stage: MapStage, retries: int):
         self.stage, self.retries = stage, retries
@@ -88,9 +101,12 @@ class PartActor:
     def __call__(self, batch):
         import pyarrow as pa
 
-        names, errors = [], []
+        rows: dict[str, list] = {"part": [], "attempt": [], "marker": [], "error": []}
         for index, input_path, stage_dir in zip(*(batch.column(c).to_pylist() for c in ("index", "input", "stage_dir"))):
             part = Part(index, Path(input_path), Path(stage_dir))
-            names.append(part.name)
-            errors.append(run_with_retries(self.stage, part, self.retries))
-        return pa.table({"part": names, "error": pa.array(errors, pa.string())})
+            staged, error = stage_with_retries(self.stage, part, self.retries, node_id())
+            rows["part"].append(part.name)
+            rows["attempt"].append(staged[0].attempt if staged else None)
+            rows["marker"].append(json.dumps(staged[1]) if staged else None)
+            rows["error"].append(error)
+        return pa.table({k: pa.array(v, pa.string()) for k, v in rows.items()})

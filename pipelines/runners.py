@@ -1,15 +1,15 @@
-"""Runners execute a MapStage over parts. Both call `curate.stage.run_part`, so their outputs match."""
+"""Runners execute a MapStage over parts. Workers stage each part (`curate.stage.stage_part`) and the
+driver commits what it receives, so outputs match across runners and a part counts as done only once the
+driver that asked for it has its result."""
 from __future__ import annotations
 
 import logging
 import traceback
 
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from curate.io import Part, uids_fingerprint
-from curate.schema import UID
-from curate.stage import MapStage, is_done, run_part
+from curate.io import Part
+from curate.stage import MapStage, commit_part, is_done, stage_part
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +22,8 @@ class PartsFailed(RuntimeError):
 
 
 def pending_parts(stage: MapStage, parts: list[Part]) -> list[Part]:
-    """Parts without a done marker from the same input uids and stage config."""
-    todo = []
-    for part in parts:
-        uids = pq.read_table(part.input_path, columns=[UID]).column(UID).to_pylist()
-        if not is_done(stage, part, uids_fingerprint(uids)):
-            todo.append(part)
+    """Parts without a done marker from the same input and stage config (or that the stage redoes)."""
+    todo = [part for part in parts if not is_done(stage, part)]
     skipped = len(parts) - len(todo)
     if skipped:
         log.info("%s: %d of %d parts already done, skipping them", stage.name, skipped, len(parts))
@@ -40,17 +36,29 @@ def progress(stage: MapStage, parts: list[Part], suffix: str = "") -> tqdm:
     return tqdm(total=rows, desc=f"{stage.name}{suffix}", unit="row", unit_scale=True)
 
 
-def run_with_retries(stage: MapStage, part: Part, retries: int) -> str | None:
-    """None on success, else the last traceback; a failed part must not stop the others."""
+def stage_with_retries(stage: MapStage, part: Part, retries: int,
+                       node: str | None = None) -> tuple[tuple[Part, dict] | None, str | None]:
+    """(the staged attempt and its marker, None) on success, else (None, the last traceback); a failed
+    part must not stop the others."""
     error = None
     for attempt in range(1, retries + 2):
         try:
-            run_part(stage, part)
-            return None
+            return stage_part(stage, part, node), None
         except Exception:
             error = traceback.format_exc()
             log.error("%s %s failed (attempt %d):\n%s", stage.name, part.name, attempt, error)
-    return error
+    return None, error
+
+
+def commit(stage: MapStage, staged: tuple[Part, dict]) -> str | None:
+    """Commit a staged part; None on success, else the traceback (a full disk fails the part, not the run)."""
+    try:
+        commit_part(*staged)
+        return None
+    except Exception:
+        error = traceback.format_exc()
+        log.error("%s %s could not be committed:\n%s", stage.name, staged[0].name, error)
+        return error
 
 
 class LocalRunner:
@@ -66,7 +74,8 @@ class LocalRunner:
         todo = pending_parts(stage, parts)
         with progress(stage, todo) as bar:
             for part in todo:
-                error = run_with_retries(stage, part, self.part_retries)
+                staged, error = stage_with_retries(stage, part, self.part_retries)
+                error = error or commit(stage, staged)
                 if error:
                     failed[part.name] = error
                 bar.update(part.input_rows)

@@ -1,4 +1,5 @@
-"""Shared fixtures: small synthetic pools, a loopback server, a Ray cluster started once."""
+"""Shared fixtures: small synthetic pools, a loopback server, a Ray cluster started once. Under CI=true a
+test that would skip because ../shared/data is missing fails instead."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 EMOJI = SHARED / "data" / "emoji"
+
+
+def _skipped_for_shared_data(item) -> str | None:
+    """The reason of a `skipif` that holds and names the shared data, if the test has one."""
+    for mark in item.iter_markers("skipif"):
+        reason = mark.kwargs.get("reason", "")
+        if mark.args and mark.args[0] is True and "shared" in reason:
+            return reason
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """CI must run the tests on real pairs: there a missing ../shared/data is a failure, not a skip."""
+    outcome = yield
+    report = outcome.get_result()
+    reason = _skipped_for_shared_data(item) if report.skipped else None
+    if reason and os.environ.get("CI", "").lower() in ("1", "true"):
+        report.outcome = "failed"
+        report.longrepr = f"{reason} ({SHARED / 'data'}): under CI=true this test must run, not skip"
 
 
 @pytest.fixture(scope="session")

@@ -5,12 +5,15 @@ import json
 import os
 import tarfile
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.download import classify_error
+from curate.download import classify_error, is_transient
 from curate.schema import Status
+from curate.serve import PoolServer
 from curate.synth import BROKEN_KINDS
+from curate.tars import read_images
 from pipelines.run import run_download
 from pipelines.runners import LocalRunner
 from tests.conftest import fast_download, read_parts
@@ -76,12 +79,14 @@ def test_shards_hold_exactly_the_ok_rows(local_run):
 
 
 def test_rerun_does_nothing_and_a_deleted_marker_reruns_only_that_part(local_run, small_pool):
+    """Without transient retries (retry_transient: 0), a rerun touches only the part that lost its marker."""
     out, stats = local_run
     stage_dir = out / "download"
     outputs = sorted(stage_dir.glob("part-*.parquet"))
     before = {p.name: os.stat(p).st_mtime_ns for p in outputs}
     (stage_dir / "_done" / "part-00001.json").unlink()
-    again = run_download(fast_download(input=small_pool / "pool.parquet"), out, LocalRunner(), small_pool)
+    cfg = fast_download(input=small_pool / "pool.parquet", retry_transient=0)
+    again = run_download(cfg, out, LocalRunner(), small_pool)
     after = {p.name: os.stat(p).st_mtime_ns for p in outputs}
     assert [n for n in before if before[n] != after[n]] == ["part-00001.parquet"]
     assert again["by_status"] == stats["by_status"]
@@ -122,3 +127,72 @@ def test_accounting_holds_on_a_pool_with_every_bad_input_kind(small_pool, tmp_pa
 ])
 def test_error_messages_map_to_statuses(message, status):
     assert classify_error(message) == status
+
+
+@pytest.mark.parametrize("status,error,transient", [
+    (Status.CONNECTION_ERROR, "<urlopen error [Errno 111] Connection refused>", True),
+    (Status.TIMEOUT, "<urlopen error timed out>", True),
+    (Status.HTTP_ERROR, "HTTP Error 503: Service Unavailable", True),
+    (Status.HTTP_ERROR, "HTTP Error 500: Internal Server Error", True),
+    (Status.HTTP_ERROR, "HTTP Error 404: Not Found", False),
+    (Status.DECODE_ERROR, "Image decoding error", False),
+    (Status.OK, None, False),
+])
+def test_transient_failures_are_connection_timeout_and_5xx(status, error, transient):
+    assert is_transient(status, error) is transient
+
+
+def _rows(out):
+    return {r["caption"]: r for r in read_parts(out / "download").to_pylist()}
+
+
+def test_reruns_retry_transient_failures_up_to_retry_transient_times(small_pool, tmp_path):
+    """A flaky route (503 the first time, then the image), a lasting 500, a 404, a refused connection and
+    an invalid URL. The first rerun fetches only the transient failures again, into a shard of their own;
+    the flaky rows come back ok, every other row stays as it was; later reruns fetch nothing more until
+    retry_transient is raised."""
+    pool = pq.read_table(small_pool / "pool.parquet", columns=["url", "gt_noise"]).to_pylist()
+    files = [r["url"].split("/f/", 1)[1] for r in pool if r["gt_noise"] == "clean"]
+    with PoolServer(small_pool / "files") as server:
+        routes = ["f", "x/flaky", "x/500", "x/404", "f", "x/flaky", "x/flaky", None, "ftp", "f"]
+        urls = [f"{server.base_url}/{route}/{f}" if route not in (None, "ftp") else
+                ("http://127.0.0.1:1/x.jpg" if route is None else f"ftp://127.0.0.1/{f}")
+                for route, f in zip(routes, files)]
+        captions = [f"row {i} {route}" for i, route in enumerate(routes)]
+        pq.write_table(pa.table({"url": urls, "caption": captions}), tmp_path / "input.parquet")
+        cfg = fast_download(input=tmp_path / "input.parquet", rows_per_part=5)
+        run_download(cfg, tmp_path, LocalRunner())
+        first = _rows(tmp_path)
+        assert [first[c]["status"] for c in captions] == [
+            Status.OK, Status.HTTP_ERROR, Status.HTTP_ERROR, Status.HTTP_ERROR, Status.OK,
+            Status.HTTP_ERROR, Status.HTTP_ERROR, Status.CONNECTION_ERROR, Status.INVALID_URL, Status.OK]
+        assert [first[c]["attempts"] for c in captions] == [1, 1, 1, 1, 1, 1, 1, 1, 0, 1]
+
+        stats = run_download(cfg, tmp_path, LocalRunner())
+        second = _rows(tmp_path)
+        flaky = [c for c in captions if "flaky" in c]
+        assert {second[c]["status"] for c in flaky} == {Status.OK}
+        assert {second[c]["shard"] for c in flaky} == {"shards/00000-retry1.tar", "shards/00001-retry1.tar"}
+        assert [second[c]["attempts"] for c in captions] == [1, 2, 2, 1, 1, 2, 2, 2, 0, 1]
+        assert [second[c]["status"] for c in captions if "flaky" not in c] == [
+            Status.OK, Status.HTTP_ERROR, Status.HTTP_ERROR, Status.OK, Status.CONNECTION_ERROR,
+            Status.INVALID_URL, Status.OK]
+        same = [c for c in captions if second[c]["attempts"] == first[c]["attempts"]]
+        assert [second[c] for c in same] == [first[c] for c in same]  # not fetched again: as they were
+        assert stats["by_status"] == {"connection_error": 1, "http_error": 2, "invalid_url": 1, "ok": 6}
+        images = read_images(read_parts(tmp_path / "download"), tmp_path / "download")
+        assert len(images) == 6  # the retried rows' images are in their retry shards
+        for c in flaky:
+            served = (small_pool / "files" / second[c]["url"].split("/x/flaky/", 1)[1]).read_bytes()
+            assert images[second[c]["uid"]] == served
+
+        run_download(cfg, tmp_path, LocalRunner())
+        assert _rows(tmp_path) == second  # retry_transient: 1 is spent
+
+        more = cfg.model_copy(update={"retry_transient": 2})
+        run_download(more, tmp_path, LocalRunner())
+        third = _rows(tmp_path)
+        assert [third[c]["attempts"] for c in captions] == [1, 2, 3, 1, 1, 2, 2, 3, 0, 1]
+        assert sorted((tmp_path / "download" / "shards").glob("*-retry2*")) == []  # nothing came back
+        run_download(more, tmp_path, LocalRunner())
+        assert _rows(tmp_path) == third

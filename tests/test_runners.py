@@ -1,3 +1,5 @@
+import json
+import socket
 import sys
 
 import pyarrow as pa
@@ -6,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.io import Part, part_name
-from curate.stage import MapStage
+from curate.stage import MapStage, Resources, commit_part, stage_part
 from pipelines.run import run_download
-from pipelines.runners import LocalRunner, PartsFailed
+from pipelines.runners import LocalRunner, PartsFailed, pending_parts
 from tests.conftest import fast_download, read_parts
 
 
@@ -95,6 +97,51 @@ def test_changed_stage_config_reruns_done_parts(tmp_path):
     stage.version = "2"
     LocalRunner().map_parts(stage, parts)
     assert (tmp_path / "stage" / "_done" / "part-00000.json").read_text() != first
+
+
+def test_a_staged_part_counts_as_done_only_once_committed(tmp_path):
+    """What a worker finishes stays in its attempt's staging folder until the driver commits it, so a
+    worker that outlives its driver leaves nothing a rerun would take as done."""
+    parts = _parts(tmp_path, n_parts=2)
+    orphan, _ = stage_part(AddLength(), parts[0])  # a worker whose driver died: never committed
+    assert orphan.staging_dir.is_dir() and not parts[0].output_path.exists()
+    assert pending_parts(AddLength(), parts) == parts
+    attempt, marker = stage_part(AddLength(), parts[0])
+    commit_part(attempt, marker)
+    assert pending_parts(AddLength(), parts) == parts[1:]
+    assert pq.read_table(parts[0].output_path).column("caption_chars").to_pylist() == [0, 1, 2, 3, 4]
+    assert json.loads(parts[0].done_path.read_text())["node"] == socket.gethostname()
+    assert list((tmp_path / "stage").glob(".*.tmp")) == []  # the orphan's folder went with the commit
+
+
+def test_a_part_whose_input_changed_runs_again(tmp_path):
+    """Same uids, other bytes (a download part whose transient failures were fetched again): the
+    next stage's part is stale."""
+    parts = _parts(tmp_path, n_parts=2)
+    LocalRunner().map_parts(AddLength(), parts)
+    table = pq.read_table(parts[1].input_path)
+    pq.write_table(table.set_column(1, "caption", pa.array(["longer caption"] * 5)), parts[1].input_path)
+    assert pending_parts(AddLength(), parts) == parts[1:]
+    LocalRunner().map_parts(AddLength(), parts)
+    assert pq.read_table(parts[1].output_path).column("caption_chars").to_pylist() == [14] * 5
+
+
+@pytest.mark.ray
+def test_ray_actor_pool_parts_are_committed_by_the_driver(tmp_path, ray_local):
+    """The actor path (model stages): actors stage whole parts, the driver commits them; each marker
+    names the Ray node that ran the part."""
+    from pipelines.ray_runner import RayRunner
+
+    class PooledLength(AddLength):
+        resources = Resources(actors=1)
+
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    parts = _parts(tmp_path, n_parts=3)
+    RayRunner().map_parts(PooledLength(), parts)
+    assert read_parts(tmp_path / "stage").column("caption_chars").to_pylist() == [0, 1, 2, 3, 4] * 3
+    nodes = {json.loads(p.done_path.read_text())["node"] for p in parts}
+    assert nodes == {ray_local.get_runtime_context().get_node_id()}
+    assert list((tmp_path / "stage").glob(".*.tmp")) == []
 
 
 @pytest.mark.ray
