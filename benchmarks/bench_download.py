@@ -1,9 +1,14 @@
 """Download stage vs bare img2dataset.download: same URLs, same loopback server, same workers.
 
-    python benchmarks/bench_download.py [--n 5000] [--workers 2] [--threads 16] [--out benchmarks/results]
+    python benchmarks/bench_download.py [--n 5000] [--workers 2] [--threads 16] [--rounds 3] [--out benchmarks/results]
 
-Prints one JSON line: samples/s of both, `ratio` = ours / img2dataset, peak RSS of each run
-(the process tree, server excluded) and the Ray start-up time (paid once per run, not per stage).
+The two sides take turns, `--rounds` times each. Start-up is counted on both: every img2dataset call
+spawns its process pool (and imports cv2 and albumentations there); every run of ours starts Ray, runs the
+stage and shuts Ray down (the Ray start alone: `ray_init_s_each`). The fetch differs: ours swaps
+img2dataset's `download_image` for curate's guarded fetch (address guard, deadline, byte cap, header
+check); the rest of the download (Downloader, resizer, webdataset writer) is img2dataset's on both sides.
+Prints one JSON line: samples/s of both (median over rounds, with [min, max]), `ratio` = ours / img2dataset
+(per round, median over rounds), and the peak RSS of each side (the process tree, server excluded).
 """
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from benchmarks.common import PeakRSS, emit, serve_in_subprocess  # noqa: E402
+from benchmarks.common import PeakRSS, alternate, emit, median_range, serve_in_subprocess  # noqa: E402
 
 
 def run_img2dataset(pool: Path, out: Path, args) -> int:
+    """Bare img2dataset on the pool; returns the samples it fetched."""
+    import pyarrow.parquet as pq
     from img2dataset import download
 
     download(url_list=str(pool), input_format="parquet", url_col="url", caption_col="caption",
@@ -29,7 +36,27 @@ def run_img2dataset(pool: Path, out: Path, args) -> int:
              processes_count=args.workers, thread_count=args.threads, number_sample_per_shard=args.rows_per_part,
              resize_mode="no", skip_reencode=True, encode_format="jpg", min_image_size=32, max_aspect_ratio=5.0,
              compute_hash="sha256", timeout=10, retries=0, distributor="multiprocessing", enable_wandb=False)
-    return sum(1 for _ in out.glob("*.tar"))
+    return sum(pq.read_table(p, columns=["status"]).column("status").to_pylist().count("success")
+               for p in out.glob("*.parquet"))
+
+
+def run_ours(pool: Path, out: Path, args, ray_init_s: list[float]) -> int:
+    """Our stage on a Ray runner started and stopped here; returns the rows downloaded ok."""
+    from curate.download import DownloadConfig
+    from pipelines.ray_runner import RayRunner
+    from pipelines.run import run_download
+
+    runner = RayRunner(num_cpus=args.workers)
+    try:
+        start = time.perf_counter()
+        runner.ensure_ray()
+        ray_init_s.append(time.perf_counter() - start)
+        cfg = DownloadConfig(input=pool, rows_per_part=args.rows_per_part, thread_count=args.threads, timeout_s=10,
+                             allow_private_networks=True)
+        stats = run_download(cfg, out, runner)
+    finally:
+        runner.close()
+    return stats["by_status"].get("ok", 0)
 
 
 def main() -> None:
@@ -38,53 +65,51 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--rows-per-part", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3, help="the sides take turns; medians count")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    import pyarrow.parquet as pq
-
-    from curate.download import DownloadConfig
     from curate.synth import NoiseConfig, SynthConfig, synthesize
-    from pipelines.ray_runner import RayRunner
-    from pipelines.run import run_download
 
     work = Path(tempfile.mkdtemp(prefix="bench-download-"))
+    pool = work / "pool" / "pool.parquet"
     clean = NoiseConfig(mismatched_caption=0, boilerplate_caption=0, partial_caption=0, exact_duplicate=0,
                         near_duplicate=0, broken=0)
     synthesize(SynthConfig(n=args.n, seed=0, noise=clean), work / "pool")
     server = serve_in_subprocess(work / "pool")
-    try:
-        with PeakRSS(exclude=(server.pid,)) as base_rss:
-            start = time.perf_counter()
-            run_img2dataset(work / "pool" / "pool.parquet", work / "img2dataset", args)
-            base_s = time.perf_counter() - start
-        base_ok = sum(pq.read_table(p, columns=["status"]).column("status").to_pylist().count("success")
-                      for p in (work / "img2dataset").glob("*.parquet"))
+    peaks: dict[str, list[float]] = {"ours": [], "img2dataset": []}
+    ray_init_s: list[float] = []
 
-        runner = RayRunner(num_cpus=args.workers)
-        start = time.perf_counter()
-        runner.ensure_ray()
-        ray_init_s = time.perf_counter() - start
-        cfg = DownloadConfig(input=work / "pool" / "pool.parquet", rows_per_part=args.rows_per_part,
-                             thread_count=args.threads, timeout_s=10, allow_private_networks=True)
-        with PeakRSS(exclude=(server.pid,)) as ours_rss:
-            start = time.perf_counter()
-            stats = run_download(cfg, work / "ours", runner)
-            ours_s = time.perf_counter() - start
-        runner.close()
+    def measured(name: str, run):
+        def side(r: int) -> int:
+            with PeakRSS(exclude=(server.pid,)) as rss:
+                ok = run(work / f"{name}-{r}")
+            peaks[name].append(rss.peak_gb)
+            shutil.rmtree(work / f"{name}-{r}", ignore_errors=True)
+            return ok
+        return side
+
+    try:
+        seconds, ok = alternate({"img2dataset": measured("img2dataset", lambda out: run_img2dataset(pool, out, args)),
+                                 "ours": measured("ours", lambda out: run_ours(pool, out, args, ray_init_s))},
+                                args.rounds)
     finally:
         server.terminate()
-    ours_ok = stats["by_status"].get("ok", 0)
+        shutil.rmtree(work, ignore_errors=True)
+    rates = {name: [k / s for k, s in zip(ok[name], seconds[name])] for name in seconds}
     emit({
-        "n": args.n, "workers": args.workers, "threads": args.threads,
-        "ours_samples_per_s": round(ours_ok / ours_s, 1), "img2dataset_samples_per_s": round(base_ok / base_s, 1),
-        "ratio": round((ours_ok / ours_s) / (base_ok / base_s), 3),
-        "ratio_incl_ray_init": round((ours_ok / (ours_s + ray_init_s)) / (base_ok / base_s), 3),
-        "ours_ok": ours_ok, "img2dataset_ok": base_ok, "ours_wall_s": round(ours_s, 2),
-        "img2dataset_wall_s": round(base_s, 2), "ray_init_s": round(ray_init_s, 2),
-        "ours_peak_rss_gb": ours_rss.peak_gb, "img2dataset_peak_rss_gb": base_rss.peak_gb,
+        "n": args.n, "workers": args.workers, "threads": args.threads, "rounds": args.rounds,
+        **median_range("ratio", [o / b for o, b in zip(rates["ours"], rates["img2dataset"])]),
+        **median_range("ours_samples_per_s", rates["ours"], 1),
+        **median_range("img2dataset_samples_per_s", rates["img2dataset"], 1),
+        "ours_ok_each": ok["ours"], "img2dataset_ok_each": ok["img2dataset"],
+        "ours_wall_s_each": [round(s, 2) for s in seconds["ours"]],
+        "img2dataset_wall_s_each": [round(s, 2) for s in seconds["img2dataset"]],
+        "ray_init_s_each": [round(s, 2) for s in ray_init_s],
+        "ours_peak_rss_gb": max(peaks["ours"]), "img2dataset_peak_rss_gb": max(peaks["img2dataset"]),
+        "startup": "counted on both sides: img2dataset spawns its process pool per call, ours starts and stops Ray",
+        "fetch": "ours: curate's guarded fetch in place of img2dataset's download_image; img2dataset: its own",
     }, args.out, "download")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,40 @@
-"""Helpers shared by the benchmarks: peak memory of a process tree, a served pool, JSON output."""
+"""Helpers shared by the benchmarks: rounds that alternate between sides, peak memory of a process tree,
+a served pool, JSON output."""
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
 import platform
+import statistics
 import threading
 import time
 from pathlib import Path
+from typing import Callable, Sequence
+
+
+def alternate(sides: dict[str, Callable[[int], object]], rounds: int,
+              prepare: Callable[[str, int], None] | None = None) -> tuple[dict[str, list[float]], dict[str, list]]:
+    """Call every side once per round, the order rotating each round (two sides alternate), so no side
+    always goes first or always follows the same one. `prepare(side, round)` runs untimed before each call.
+    Returns each side's wall seconds and return values, round by round."""
+    names = list(sides)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    values: dict[str, list] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            if prepare:
+                prepare(name, r)
+            start = time.perf_counter()
+            values[name].append(sides[name](r))
+            seconds[name].append(time.perf_counter() - start)
+    return seconds, values
+
+
+def median_range(key: str, values: Sequence[float], digits: int = 3) -> dict:
+    """`key`: the median of per-round figures; `key_range`: their [min, max]."""
+    return {key: round(statistics.median(values), digits),
+            f"{key}_range": [round(min(values), digits), round(max(values), digits)]}
 
 
 def _children() -> dict[int, list[int]]:
