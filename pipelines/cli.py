@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -187,12 +186,13 @@ Work = Callable[[], int]
 
 def _cmd_run(args) -> Work:
     from pipelines.config import load_config
-    from pipelines.run import run_pipeline
+    from pipelines.run import check_pipeline, run_pipeline
 
     overrides = args.overrides + _runner_overrides(args)
     if args.stages:
         overrides.append(f"stages=[{args.stages}]")
     cfg = load_config(args.config, overrides)
+    check_pipeline(cfg, args.out)
 
     def work() -> int:
         stats = run_pipeline(cfg, args.out, report=not args.no_report)
@@ -209,11 +209,12 @@ def _cmd_run(args) -> Work:
 def _cmd_stage(args) -> Work:
     """`curate score|dedup|tier|shard --out RUN`: one stage, on the run's own settings."""
     from pipelines.config import load_config
-    from pipelines.run import run_pipeline
+    from pipelines.run import check_pipeline, run_pipeline
 
     resolved = args.out / "config.resolved.yaml"
     config = args.config or (resolved if resolved.exists() else None)
     cfg = load_config(config, args.overrides + _runner_overrides(args))
+    check_pipeline(cfg, args.out, [args.command])
 
     def work() -> int:
         stats = run_pipeline(cfg, args.out, only=[args.command])[args.command]
@@ -285,6 +286,10 @@ def _cmd_compare(args) -> Work:
     from train.compare import CompareConfig, compare
 
     cfg = load_config(args.config, args.overrides, schema=CompareConfig)
+    if cfg.pipeline is not None:
+        from pipelines.run import check_pipeline
+
+        check_pipeline(cfg.pipeline, args.out)
 
     def work() -> int:
         rows = compare(cfg, args.out)
@@ -336,15 +341,6 @@ def _cmd_eval(args) -> Work:
     return work
 
 
-def failed_stage(err: BaseException, command: str) -> str:
-    """The stage an error came from: the first `run_<stage>` function its traceback passes through (each
-    pipeline stage runs in one, pipelines/run.py), else the command."""
-    from pipelines.config import STAGES
-
-    names = [frame.name for frame in traceback.extract_tb(err.__traceback__)]
-    return next((n[4:] for n in names if n.startswith("run_") and n[4:] in STAGES), command)
-
-
 COMMANDS = {"run": _cmd_run, "synth": _cmd_synth, "download": _cmd_download, "train": _cmd_train,
             "compare": _cmd_compare,
             "eval": _cmd_eval, "report": _cmd_report, "status": _cmd_status,
@@ -360,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from curate.pool_input import InputError
     from pipelines.config import ConfigError
-    from pipelines.runners import PartsFailed
+    from pipelines.runners import PartsFailed, StageFailed
 
     try:
         work = COMMANDS[args.command](args)
@@ -371,14 +367,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return work()
-    except PartsFailed as err:
-        print(f"curate {args.command}: {err}\nrerun the same command to retry them", file=sys.stderr)
-        return 1
-    except Exception as err:  # noqa: BLE001 - whatever stops the work is reported with its stage: exit 1
-        stage = failed_stage(err, args.command)
-        log.error("stage %s failed", stage, exc_info=err)
-        print(f"curate {args.command}: stage {stage!r} failed: {type(err).__name__}: {err}\n"
-              "finished stages and parts are kept: fix the cause and rerun the same command", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - whatever stops the work fails the run: exit 1
+        cause = err.error if isinstance(err, StageFailed) else err
+        if isinstance(cause, PartsFailed):
+            hint = "rerun the same command to retry them"
+        else:
+            log.error("curate %s failed", args.command, exc_info=cause)
+            hint = "finished stages and parts are kept: fix the cause and rerun the same command"
+        what = err if isinstance(err, (StageFailed, PartsFailed)) else f"{type(err).__name__}: {err}"
+        print(f"curate {args.command}: {what}\n{hint}", file=sys.stderr)
         return 1
 
 

@@ -12,7 +12,7 @@ from curate.dedup import run_dedup
 from curate.download import DownloadConfig, DownloadStage
 from curate.io import Part, atomic_write_json, read_column, read_json
 from curate.netguard import resolve_endpoints
-from curate.pool_input import split_input
+from curate.pool_input import InputError, split_input
 from curate.report.build import write_report, write_report_after_failure
 from curate.score import ScoreConfig, ScoreStage
 from curate.serve import PoolServer
@@ -21,8 +21,8 @@ from curate.shard import (ShardConfig, ShardError, ShardWriter, finish_subset, k
 from curate.stage import MapStage, write_stage_stats
 from curate.synth import SEED_SPLIT, SynthConfig, is_synthesized, serve_settings, synthesize, write_seed_pairs
 from curate.tier import run_tier
-from pipelines.config import FilterConfig, PipelineConfig, RunnerConfig, write_resolved
-from pipelines.runners import LocalRunner, PartsFailed
+from pipelines.config import ConfigError, FilterConfig, PipelineConfig, RunnerConfig, write_resolved
+from pipelines.runners import LocalRunner, PartsFailed, StageFailed
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +160,42 @@ def run_shard(cfg: ShardConfig, out_dir: Path, runner) -> dict:
     return stats
 
 
+# What a stage reads that an earlier stage writes: that stage, and a pattern in the run directory.
+NEEDS = {"download": ("synth", "synth/pool.parquet"), "score": ("download", "download/part-*.parquet"),
+         "dedup": ("score", "score/part-*.parquet"), "tier": ("download", "download/_input/part-*.parquet"),
+         "shard": ("tier", "tier/subsets/*.parquet")}
+
+
+def check_pipeline(cfg: PipelineConfig, out_dir: Path, only: list[str] | None = None) -> None:
+    """Raise InputError or ConfigError, before any stage runs, when a given download input cannot be
+    read or lacks its columns, or a stage needs the output of an earlier stage that is not requested
+    and has not run."""
+    out_dir = Path(out_dir).resolve()
+    stages = only or cfg.stages
+    for stage in stages:
+        before, pattern = NEEDS.get(stage, (None, None))
+        if before is None or before in stages or (stage == "download" and cfg.download.input is not None):
+            continue
+        if not any(out_dir.glob(pattern)):
+            raise InputError(f"stage {stage!r} needs the {before} stage's output ({out_dir / pattern}), which "
+                             f"does not exist: run the {before} stage first")
+    if "shard" in stages:
+        known = [s.name for s in cfg.tier.all_subsets()] if "tier" in stages else known_subsets(out_dir)
+        unknown = [s for s in cfg.shard.subsets if s not in known]
+        if unknown:
+            raise ConfigError(f"shard.subsets names {unknown}, which the tier stage does not make (it makes "
+                              f"{known}): change shard.subsets or the tier subsets")
+    if "download" in stages and cfg.download.input is not None:
+        split_input(cfg.download, out_dir / "download")  # reads and checks the input (once per run)
+
+
 def run_pipeline(cfg: PipelineConfig, out_dir: Path, only: list[str] | None = None,
                  report: bool = True) -> dict[str, dict]:
-    """Run `cfg.stages` (or just `only`) in order; returns each stage's stats. A whole run (not `only`)
-    ends by writing the report, also after a failed stage, unless `report` is false."""
+    """Check the run (`check_pipeline`), then run `cfg.stages` (or just `only`) in order; returns each
+    stage's stats, and raises StageFailed naming the stage that failed. A whole run (not `only`) ends by
+    writing the report, also after a failed stage, unless `report` is false."""
     out_dir = Path(out_dir)
+    check_pipeline(cfg, out_dir, only)
     write_resolved(cfg, out_dir)
     synth_dir = out_dir / "synth"
     download_cfg = cfg.download
@@ -172,24 +203,21 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, only: list[str] | None = No
         download_cfg = download_cfg.model_copy(update={"input": synth_dir / "pool.parquet"})
     serve_dir = synth_dir if cfg.serve_synth and download_cfg.input == synth_dir / "pool.parquet" else None
     runner = make_runner(cfg.runner)
+    steps = {"synth": lambda: run_synth(cfg.synth, synth_dir),
+             "download": lambda: run_download(download_cfg, out_dir, runner, serve_dir),
+             "filter": lambda: run_filter(cfg.filter, out_dir),
+             "score": lambda: run_score(cfg.score, out_dir, runner),
+             "dedup": lambda: run_dedup(cfg.dedup, out_dir, **dedup_shuffle(cfg.dedup, runner)),
+             "tier": lambda: run_tier(cfg.tier, out_dir),
+             "shard": lambda: run_shard(cfg.shard, out_dir, runner)}
     stats: dict[str, dict] = {}
     try:
         for stage in only or cfg.stages:
             log.info("stage %s", stage)
-            if stage == "synth":
-                stats[stage] = run_synth(cfg.synth, synth_dir)
-            elif stage == "download":
-                stats[stage] = run_download(download_cfg, out_dir, runner, serve_dir)
-            elif stage == "filter":
-                stats[stage] = run_filter(cfg.filter, out_dir)
-            elif stage == "score":
-                stats[stage] = run_score(cfg.score, out_dir, runner)
-            elif stage == "dedup":
-                stats[stage] = run_dedup(cfg.dedup, out_dir, **dedup_shuffle(cfg.dedup, runner))
-            elif stage == "tier":
-                stats[stage] = run_tier(cfg.tier, out_dir)
-            elif stage == "shard":
-                stats[stage] = run_shard(cfg.shard, out_dir, runner)
+            try:
+                stats[stage] = steps[stage]()
+            except Exception as err:
+                raise StageFailed(stage, err) from err
     except Exception:
         if only is None and report:  # a whole run: show what exists, then fail as before
             write_report_after_failure(out_dir)

@@ -15,10 +15,23 @@ log = logging.getLogger(__name__)
 
 
 class PartsFailed(RuntimeError):
+    """Some parts of a stage failed for good (after their retries); the others are done."""
+
     def __init__(self, stage: str, failed: dict[str, str]):
         self.failed = failed
-        names = ", ".join(sorted(failed))
-        super().__init__(f"stage {stage!r}: {len(failed)} part(s) failed for good: {names}")
+        super().__init__(f"stage {stage!r}: {self.summary()}")
+
+    def summary(self) -> str:
+        return f"{len(self.failed)} part(s) failed for good: {', '.join(sorted(self.failed))}"
+
+
+class StageFailed(RuntimeError):
+    """A pipeline stage stopped by `error` (PartsFailed when only some of its parts failed)."""
+
+    def __init__(self, stage: str, error: Exception):
+        self.stage, self.error = stage, error
+        what = error.summary() if isinstance(error, PartsFailed) else f"{type(error).__name__}: {error}"
+        super().__init__(f"stage {stage!r} failed: {what}")
 
 
 def pending_parts(stage: MapStage, parts: list[Part]) -> list[Part]:

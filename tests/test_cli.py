@@ -4,6 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.cli import main
+from pipelines.runners import PartsFailed
 
 
 @pytest.mark.parametrize("args", [[], ["run"], ["synth"], ["download"], ["train"], ["eval"]])
@@ -70,6 +71,54 @@ def test_an_error_in_the_middle_of_a_run_exits_1_and_names_its_stage(tmp_path, c
     assert code == 1
     assert "stage 'download' failed: ValueError: the pool went away" in capsys.readouterr().err
     assert (out / "synth" / "pool.parquet").exists()  # the finished stage is kept
+
+
+@pytest.mark.parametrize("error, message", [
+    (OSError("disk full"), "stage 'download' failed: OSError: disk full\nfinished stages and parts are kept"),
+    (PartsFailed("download", {"part-00001": "Traceback ..."}),
+     "stage 'download' failed: 1 part(s) failed for good: part-00001\nrerun the same command to retry them"),
+])
+def test_a_stage_that_raises_mid_run_is_named_with_exit_1(error, message, tmp_path, capsys, monkeypatch):
+    def broken(*args):
+        raise error
+
+    monkeypatch.setattr("pipelines.run.run_download", broken)
+    out = tmp_path / "run"
+    code = main(["run", "configs/demo.yaml", "--out", str(out), "--runner", "local", "--stages", "synth,download",
+                 "--set", "synth.n=20", "--no-report"])
+    assert code == 1
+    assert f"curate run: {message}" in capsys.readouterr().err
+    assert (out / "synth" / "pool.parquet").exists()
+
+
+@pytest.mark.parametrize("command, needed", [
+    (["run", "configs/demo.yaml", "--stages", "shard"], "tier"),
+    (["shard"], "tier"),
+    (["run", "configs/demo.yaml", "--stages", "tier"], "download"),
+    (["run", "configs/demo.yaml", "--stages", "dedup,tier"], "score"),
+    (["score"], "download"),
+    (["run", "configs/demo.yaml", "--stages", "download"], "synth"),
+    (["compare", "configs/compare/emoji.yaml", "--set", "pipeline.stages=[shard]"], "tier"),
+])
+def test_a_stage_without_its_earlier_stage_fails_before_any_work(command, needed, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    assert main([*command, "--out", str(out)]) == 2
+    assert f"run the {needed} stage first" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+
+
+def test_run_checks_a_given_input_and_shard_subsets_before_any_work(tmp_path, capsys):
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"link": ["http://x/"], "caption": ["c"]}), tmp_path / "in.parquet")
+    out = tmp_path / "run"
+    assert main(["run", "configs/demo.yaml", "--out", str(out), "--stages", "download",
+                 "--set", f"download.input={tmp_path / 'in.parquet'}"]) == 2
+    assert "lacks columns ['url']" in capsys.readouterr().err and not out.exists()
+    assert main(["run", "configs/demo.yaml", "--out", str(out), "--stages", "synth,download,tier,shard",
+                 "--set", "shard.subsets=[top99]"]) == 2
+    assert "shard.subsets names ['top99']" in capsys.readouterr().err and not out.exists()
 
 
 @pytest.mark.parametrize("args", [
