@@ -1,25 +1,32 @@
 """Copy search: near-duplicate image candidates found from the images' own pixels, for when the embedding
 does not keep a copy next to its original (a small or weak scorer). Every row's whole thumbnail, as the pixel
-check's coarsest descriptor (8 px, colour and shape halves), goes into a faiss inner-product index; every row
+check's 8 px shape signal, goes into a faiss inner-product index; every row
 then asks with its centred crops (each axis keeping 100%, 90%, 80%) for its `k` nearest rows. A copy whose
 margins were cropped lies next to its original's matching crop. The pairs found are candidates only: the pixel
 check (curate.image_match) decides."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
-from curate.image_match import PASSES, ThumbnailStore, _crops
+from curate.image_match import ThumbnailStore, luma, resample, shape_signal, window_weights
 
-PX, FRACTIONS = PASSES[0][0], PASSES[0][1]
+PX, FRACTIONS = 8, (1.0, 0.9, 0.8)
 CHUNK_ROWS = 4096
 FLAT_MAX_ROWS = 20_000  # exact search up to here; above, an IVF index probing NPROBE of ~4 sqrt(n) lists
 NPROBE = 16
 
 
 def _descriptors(store: ThumbnailStore, rows: np.ndarray, fractions: tuple[float, ...] = FRACTIONS) -> np.ndarray:
-    """(len(rows), crops, dim) float32; with the default fractions crop 0 is the whole image."""
-    return _crops(store.get(rows), PX, fractions).numpy()
+    """(len(rows), crops, 64) float32: the pixel check's 8 px shape signal (luminance, so a grayscale or
+    brightened copy finds its original) of every centred crop; with the default fractions crop 0 is the whole."""
+    cuts = [(1 - f) / 2 for f in fractions]
+    rgb = torch.from_numpy(np.ascontiguousarray(store.get(rows))).float().permute(0, 3, 1, 2)
+    lum = resample(luma(rgb, 1), 16)
+    w = window_weights(16, PX, cuts, cuts)
+    crops = shape_signal(torch.einsum("kpy,nyx,jqx->nkjpq", w, lum, w))
+    return crops.reshape(len(rows), len(fractions) ** 2, -1).numpy()
 
 
 def _index(whole: np.ndarray, seed: int):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +22,7 @@ from curate.semdedup import near_duplicate_images
 
 log = logging.getLogger(__name__)
 
-REASONS = ("exact_pair", "exact_image", "near_caption", "near_image")  # first = strongest
+REASONS = ("exact_pair", "exact_image", "near_image")  # first = strongest
 
 
 class DedupConfig(BaseModel):
@@ -33,13 +34,16 @@ class DedupConfig(BaseModel):
     shingle: Literal["word", "char"] = "word"
     shingle_n: int = Field(2, ge=1, le=10, description="word bigrams by default: one changed word in a short caption is not a duplicate")
     images: bool = True
-    image_eps: float = Field(0.05, ge=0, lt=1, description="pairs with cosine >= 1 - eps are near duplicates")
+    image_eps: float = Field(0.05, ge=0, lt=1, description="SemDeDup proposes pairs with cosine >= 1 - eps")
     image_match_min: float | None = Field(
-        None, ge=-1, le=1, description="also require this pixel similarity of the pair, best over aligned centred "
-        "crops (curate/image_match.py; copies only: re-encoded, resized, margins cropped); null = SemDeDup alone, which also drops "
-        "different pictures of the same thing")
+        0.9, ge=-1, le=1, description="a proposed pair is a duplicate only with this aligned shape correlation "
+        "(curate/image_match.py: copies resized, re-encoded, cropped off-centre, padded, brightened, grayscale, "
+        "blurred, watermarked); null = SemDeDup alone, which also drops different pictures of the same thing")
+    image_colour_max: float = Field(
+        10.0, gt=0, le=255, description="... and no 4 x 4 cell's mean colour more than this many levels apart "
+        "after one brightness factor: another skin tone, flag or colourway is not a copy")
     copy_search_k: int = Field(
-        0, ge=0, le=100, description="also propose each row's k nearest images by their own pixels (8 px "
+        10, ge=0, le=100, description="also propose each row's k nearest images by their own pixels (8 px "
         "thumbnails, crops included) for the pixel check: finds copies a weak embedding puts far apart; "
         "needs image_match_min; 0 = off")
     cluster_size: int = Field(1000, ge=2, description="k-means clusters = rows / cluster_size")
@@ -51,48 +55,9 @@ class DedupConfig(BaseModel):
     @model_validator(mode="after")
     def _copy_search_needs_pixel_check(self) -> "DedupConfig":
         if self.copy_search_k and self.image_match_min is None:
-            raise ValueError("dedup.copy_search_k proposes pairs for the pixel check: set dedup.image_match_min too")
+            raise ValueError("dedup.copy_search_k proposes pairs for the pixel check: set dedup.image_match_min "
+                             "too, or copy_search_k: 0")
         return self
-
-
-class _Groups:
-    """Union-find over row indices, remembering each row's strongest incident link."""
-
-    def __init__(self, n: int):
-        self.parent = np.arange(n)
-        self.reason = np.full(n, len(REASONS), dtype=np.int8)
-        self.similarity = np.full(n, np.nan, dtype=np.float32)
-        self.partner = np.full(n, -1)
-
-    def find(self, i: int) -> int:
-        root = i
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[i] != root:
-            self.parent[i], i = root, self.parent[i]
-        return root
-
-    def link(self, i: int, j: int, reason: int, similarity: float) -> None:
-        for k in (i, j):
-            if reason < self.reason[k]:
-                self.reason[k], self.similarity[k], self.partner[k] = reason, similarity, i + j - k
-        a, b = self.find(i), self.find(j)
-        if a != b:
-            self.parent[max(a, b)] = min(a, b)
-
-
-def _exact_links(keys: list, groups: _Groups, reason: int) -> int:
-    first: dict = {}
-    n = 0
-    for i, key in enumerate(keys):
-        if key is None:
-            continue
-        if key in first:
-            groups.link(first[key], i, reason, 1.0)
-            n += 1
-        else:
-            first[key] = i
-    return n
 
 
 def read_scored(score_dir: Path, keep_score: str | None, image_keys: bool = False) -> tuple[pa.Table, str | None]:
@@ -115,89 +80,206 @@ def find_duplicates(table: pa.Table, cfg: DedupConfig, keep_col: str | None, buc
     """dup.parquet's table for `table` (all rows; only `ok` rows take part). `buckets` groups caption
     signatures by LSH band (in memory, or a Ray shuffle passed in by the pipeline); `download_dir` holds
     the images for `image_match_min`."""
-    n = table.num_rows
-    ok = np.array([s == Status.OK for s in table.column(STATUS).to_pylist()])
+    ok = np.array([s == Status.OK for s in table.column(STATUS).to_pylist()], dtype=bool)
     rows = np.flatnonzero(ok)
     taken = pa.array(rows, pa.int64())
 
     def column(name: str) -> list:
         return table.column(name).take(taken).to_pylist()
 
-    groups = _Groups(len(rows))
     sha, caption_hash = column("sha256"), column("caption_hash")
-    if cfg.exact:
-        _exact_links([(s, c) if s else None for s, c in zip(sha, caption_hash)], groups, 0)
-        _exact_links(sha, groups, 1)
-    if cfg.captions:
-        for i, j, sim in near_duplicate_captions(column("caption"), cfg.caption_threshold, cfg.num_perm, cfg.shingle,
-                                                 cfg.shingle_n, buckets):
-            groups.link(i, j, 2, sim)
-    centroid_sim = np.full(len(rows), np.nan, dtype=np.float32)
-    if cfg.images and len(rows):
-        emb = table.column("image_embedding").take(taken).combine_chunks()
-        dim = emb.type.list_size
-        vectors = np.asarray(emb.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-        vectors[np.asarray(emb.is_null())] = np.nan
-        check = None if cfg.image_match_min is None else PixelCheck(table.take(taken), download_dir, cfg.image_match_min)
-        pairs, centroid_sim = near_duplicate_images(vectors, cfg.image_eps, cfg.cluster_size, confirm=check)
-        if check is not None:
-            log.info("dedup: %d of %d near-image candidate pairs match pixel for pixel", check.confirmed, check.candidates)
-        for i, j, sim in pairs:
-            groups.link(i, j, 3, sim)
-        if cfg.copy_search_k:
-            first, second = copy_candidates(check.store, len(rows), cfg.copy_search_k)
-            ok = check(first, second)  # in one call: each row's crops are computed once per pass
-            confirmed = first[ok], second[ok]
-            log.info("dedup: copy search proposed %d pairs, %d match pixel for pixel", len(first), len(confirmed[0]))
-            cosine = np.einsum("ij,ij->i", vectors[confirmed[0]], vectors[confirmed[1]])
-            for i, j, sim in zip(*confirmed, cosine):
-                groups.link(int(i), int(j), 3, float(sim))
-
+    links, centroid_sim = _image_links(table.take(taken), cfg, download_dir) if cfg.images and len(rows) else (
+        _Links.empty(), np.full(len(rows), np.nan, dtype=np.float32))
     preference = _preference(column(keep_col) if keep_col else None, len(rows), cfg, centroid_sim)
-    roots = np.array([groups.find(k) for k in range(len(rows))])
-    keeper: dict[int, int] = {}
-    for k in np.lexsort((np.array(column(UID)), -preference)):
-        keeper.setdefault(int(roots[k]), int(k))
-    size = np.bincount(roots, minlength=len(rows))
+    order = np.lexsort((np.array(column(UID)), -preference))  # most preferred first, ties by uid
+    decision = _decide(sha if cfg.exact else [None] * len(rows), caption_hash, links, order)
+    captions = _caption_groups(column("caption"), caption_hash, cfg, order, buckets) if cfg.captions else None
+    return _dup_table(table, rows, decision, captions)
 
-    group = [None] * n
-    keep = [None] * n
-    reason = [None] * n
-    dup_of = [None] * n
-    similarity = [None] * n
-    linked_to = [None] * n
+
+class _Links:
+    """Confirmed near-image links between row numbers, with their similarity."""
+
+    def __init__(self, first: np.ndarray, second: np.ndarray, similarity: np.ndarray):
+        self.first, self.second, self.similarity = first, second, similarity
+
+    @classmethod
+    def empty(cls) -> "_Links":
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+    def by_row(self, n: int) -> list[list[tuple[int, float]]]:
+        out: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+        for i, j, sim in zip(self.first.tolist(), self.second.tolist(), self.similarity.tolist()):
+            out[i].append((j, sim))
+            out[j].append((i, sim))
+        return out
+
+
+def _image_links(table: pa.Table, cfg: DedupConfig, download_dir: Path | None) -> tuple[_Links, np.ndarray]:
+    """Near-image links among `table`'s rows (all `ok`): SemDeDup's pairs and the copy search's, each
+    confirmed pixel for pixel when `image_match_min` is set; and each row's cosine to its k-means centroid."""
+    emb = table.column("image_embedding").combine_chunks()
+    dim = emb.type.list_size
+    vectors = np.asarray(emb.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+    vectors[np.asarray(emb.is_null())] = np.nan
+    check = None if cfg.image_match_min is None else PixelCheck(table, download_dir, cfg.image_match_min,
+                                                                 cfg.image_colour_max)
+    pairs, centroid_sim = near_duplicate_images(vectors, cfg.image_eps, cfg.cluster_size, confirm=check)
+    first = np.array([p[0] for p in pairs], np.int64)
+    second = np.array([p[1] for p in pairs], np.int64)
+    similarity = np.array([p[2] for p in pairs], np.float32)
+    if check is not None:
+        log.info("dedup: %d of %d near-image candidate pairs match pixel for pixel", check.confirmed, check.candidates)
+    if cfg.copy_search_k:
+        a, b = copy_candidates(check.store, table.num_rows, cfg.copy_search_k)
+        confirmed = check(a, b)  # in one call: each row's crops are computed once per pass
+        log.info("dedup: copy search proposed %d pairs, %d match pixel for pixel", len(a), int(confirmed.sum()))
+        a, b = a[confirmed], b[confirmed]
+        first, second = np.concatenate([first, a]), np.concatenate([second, b])
+        similarity = np.concatenate([similarity, np.einsum("ij,ij->i", vectors[a], vectors[b]).astype(np.float32)])
+    return _Links(first, second, similarity), centroid_sim
+
+
+@dataclass
+class _Decision:
+    """Per row number: the row kept for it (itself when kept), the reason, the link's similarity and the
+    row at the link's other end."""
+
+    kept_for: np.ndarray
+    reason: list
+    similarity: np.ndarray
+    linked_to: np.ndarray
+
+
+def _decide(sha: list, caption_hash: list, links: _Links, order: np.ndarray) -> _Decision:
+    """Keep or drop each row, most preferred first. Rows with the same image bytes (or identical embeddings)
+    are one picture: its most preferred row stays, the others are `exact_pair` (same bytes and caption),
+    `exact_image` (same bytes) or `near_image` copies of it. A picture is dropped as `near_image` only when it
+    has a link of its own to a picture already kept, and names that kept row: a chain A~B~C with A kept and C
+    unlike A keeps C."""
+    n = len(order)
+    picture = _picture_ids(sha, links)
+    neighbours = links.by_row(n)
+    members: dict[int, list[int]] = {}
+    for k in order.tolist():
+        members.setdefault(int(picture[k]), []).append(k)
+    kept_row: dict[int, int] = {}  # picture -> its kept row, for kept pictures
+    decision = _Decision(np.arange(n), [None] * n, np.full(n, np.nan, np.float32), np.full(n, -1))
+    for k in order.tolist():
+        pic = int(picture[k])
+        if members[pic][0] != k:
+            continue  # decided with its picture's first row
+        best = None  # (similarity, kept row, linked row) of the strongest link to a kept picture
+        for row in members[pic]:
+            for other, sim in neighbours[row]:
+                kept = kept_row.get(int(picture[other]))
+                if kept is not None and (best is None or sim > best[0]):
+                    best = (sim, kept, other)
+        if best is None:
+            kept_row[pic] = k
+            for row in members[pic][1:]:
+                decision.kept_for[row], decision.linked_to[row], decision.similarity[row] = k, k, 1.0
+                decision.reason[row] = _copy_reason(sha, caption_hash, row, k)
+            continue
+        for row in members[pic]:
+            decision.kept_for[row], decision.linked_to[row], decision.similarity[row] = best[1], best[2], best[0]
+            decision.reason[row] = "near_image"
+    return decision
+
+
+def _copy_reason(sha: list, caption_hash: list, row: int, kept: int) -> str:
+    if sha[row] is None or sha[row] != sha[kept]:
+        return "near_image"  # identical embeddings, other bytes
+    return "exact_pair" if caption_hash[row] == caption_hash[kept] else "exact_image"
+
+
+def _picture_ids(sha: list, links: _Links) -> np.ndarray:
+    """One id per picture: rows joined by the same image hash or by a link of similarity 1 (identical
+    embeddings), transitively; both are equivalences, so no chain joins unlike pictures."""
+    parent = np.arange(len(sha))
+    first: dict = {}
+    same = [(first.setdefault(s, k), k) for k, s in enumerate(sha) if s]
+    identical = links.similarity >= 1.0
+    for i, j in [*same, *zip(links.first[identical].tolist(), links.second[identical].tolist())]:
+        a, b = _root(parent, i), _root(parent, j)
+        parent[max(a, b)] = min(a, b)
+    return np.array([_root(parent, k) for k in range(len(sha))], np.int64)
+
+
+def _root(parent: np.ndarray, i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = int(parent[i])
+    return i
+
+
+def _caption_groups(captions: list, caption_hash: list, cfg: DedupConfig, order: np.ndarray, buckets):
+    """(size of each row's caption near-duplicate group, the group's most preferred row): a signal for tier
+    rules, never a drop. Groups join captions of the same hash and MinHash-LSH pairs, transitively."""
+    n = len(captions)
+    parent = np.arange(n)
+
+    def union(i: int, j: int) -> None:
+        a, b = _root(parent, i), _root(parent, j)
+        parent[max(a, b)] = min(a, b)
+
+    first: dict = {}
+    for k, h in enumerate(caption_hash):
+        if h is not None:
+            union(first.setdefault(h, k), k)
+    for i, j, _ in near_duplicate_captions(captions, cfg.caption_threshold, cfg.num_perm, cfg.shingle,
+                                           cfg.shingle_n, buckets):
+        union(i, j)
+    roots = np.array([_root(parent, k) for k in range(n)], np.int64)
+    head: dict[int, int] = {}
+    for k in order.tolist():
+        head.setdefault(int(roots[k]), k)
+    return np.bincount(roots, minlength=n)[roots], np.array([head[int(r)] for r in roots], np.int64)
+
+
+def _dup_table(table: pa.Table, rows: np.ndarray, decision: _Decision, captions) -> pa.Table:
+    """dup.parquet: one row per input row; rows that took no part (not `ok`) have nulls."""
+    n = table.num_rows
     uids = table.column(UID).to_pylist()
-    for k, i in enumerate(rows):
-        root = int(roots[k])
-        kept = keeper[root]
+    kept_for = decision.kept_for
+    dropped_for = np.bincount(kept_for[kept_for != np.arange(len(rows))], minlength=len(rows))
+    group, keep, reason, dup_of, similarity, linked_to = ([None] * n for _ in range(6))
+    caption_count, caption_of = [None] * n, [None] * n
+    for k, i in enumerate(rows.tolist()):
+        kept = int(kept_for[k])
         keep[i] = kept == k
-        if size[root] > 1:
+        if kept != k or dropped_for[k]:
             group[i] = int(rows[kept])
         if kept != k:
-            reason[i] = REASONS[groups.reason[k]]
-            dup_of[i] = uids[rows[kept]]
-            similarity[i] = float(groups.similarity[k])
-            linked_to[i] = uids[rows[groups.partner[k]]]
+            reason[i], dup_of[i] = decision.reason[k], uids[rows[kept]]
+            similarity[i], linked_to[i] = float(decision.similarity[k]), uids[rows[decision.linked_to[k]]]
+        if captions is not None:
+            caption_count[i] = int(captions[0][k])
+            head = int(captions[1][k])
+            caption_of[i] = uids[rows[head]] if head != k else None
     return pa.table({UID: uids, "dup_group": pa.array(group, pa.int64()), "dup_keep": pa.array(keep, pa.bool_()),
                      "dup_reason": pa.array(reason, pa.string()), "dup_of": pa.array(dup_of, pa.string()),
-                     "dup_similarity": pa.array(similarity, pa.float32()), "dup_linked_to": pa.array(linked_to, pa.string())})
+                     "dup_similarity": pa.array(similarity, pa.float32()), "dup_linked_to": pa.array(linked_to, pa.string()),
+                     "caption_dup_count": pa.array(caption_count, pa.int32()),
+                     "caption_dup_of": pa.array(caption_of, pa.string())})
 
 
 class PixelCheck:
     """SemDeDup's `confirm`: which candidate pairs (row numbers of `table`) also match pixel for pixel
     (curate.image_match), with counts for the log."""
 
-    def __init__(self, table: pa.Table, download_dir: Path | None, minimum: float):
+    def __init__(self, table: pa.Table, download_dir: Path | None, minimum: float, colour_max: float):
         if download_dir is None:
             raise ValueError("dedup.image_match_min needs the download stage's images (run inside a run directory)")
-        self.store, self.minimum = ThumbnailStore(table, download_dir), minimum
+        self.store, self.minimum, self.colour_max = ThumbnailStore(table, download_dir), minimum, colour_max
         self.candidates = self.confirmed = 0
 
     def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         if not len(first):
             return np.zeros(0, bool)
         rows = np.unique(np.concatenate([first, second]))
-        match = pixel_match(self.store.get(rows), np.searchsorted(rows, first), np.searchsorted(rows, second), self.minimum)
+        match = pixel_match(self.store.get(rows), np.searchsorted(rows, first), np.searchsorted(rows, second),
+                            self.minimum, self.colour_max)
         ok = match >= self.minimum
         self.candidates, self.confirmed = self.candidates + len(first), self.confirmed + int(ok.sum())
         return ok
@@ -235,6 +317,7 @@ def run_dedup(cfg: DedupConfig, run_dir: Path, buckets=memory_buckets) -> dict:
         by_status[r] = reasons.count(r)
     stats = {"input_rows": dup.num_rows, "by_status": by_status,
              "groups": len({g for g in dup.column("dup_group").to_pylist() if g is not None}),
+             "shared_caption_rows": sum(1 for c in dup.column("caption_dup_count").to_pylist() if c and c > 1),
              "keep": cfg.keep, "keep_score": keep_col, "wall_s": round(time.time() - start, 2)}
     atomic_write_json(out_dir / "stats.json", stats)
     atomic_write_json(done, {"identity": identity})

@@ -1,22 +1,29 @@
 """Pixel check for near-duplicate image candidates. SemDeDup proposes pairs whose embeddings are close, the
 copy search (curate.copy_search) pairs whose small thumbnails are; two different pictures of similar things
-are close too. A copy (re-encoded, resized, a margin cropped off) matches its original pixel for pixel once
-the two are brought to the same scale, so each pair is compared over a small grid of centred crops of either
-image and the best match counts.
+are close too. A copy (resized and re-encoded, cropped off-centre, padded, brightened or darkened, turned
+grayscale, blurred or watermarked) matches its original once the two are aligned; another glyph in the same
+frame, the same figure in another skin tone or another flag of the same layout does not.
 
-Thumbnails are `THUMB_PX` square RGB (12 KB a row, kept for rows that were in some candidate pair); crops are
-resampled by area averaging and compared by correlation in passes of growing detail, a pair going on to the next
-pass only while it stays within that pass's slack of the bar. A crop's signal has two halves of equal weight, so a
-pair's similarity is the mean of two correlations: colour (the pixels less their mean over all channels, which
-tells a red shape from a pink one) and shape (each channel less its own mean, so a shared background colour says
-nothing, with edges stressed: each pixel less `EDGE_WEIGHT` times its 3 x 3 neighbourhood mean, so a shape drawn
-a little larger or elsewhere, which overlaps its lookalike's blob, does not overlap its outline)."""
+Each pair is aligned first: a window of one image (each edge moved in by up to 20%, off-centre too) against the
+whole of the other, in both directions, searched on a coarse grid at 8 px and refined twice at 16 px. Two tests then
+decide, and both must pass:
+- shape: the correlation of the aligned luminance, mean removed and edges stressed (each pixel less
+  `EDGE_WEIGHT` times its 3 x 3 neighbourhood mean), so grayscale, brightness and a shared background say
+  nothing, and a glyph drawn elsewhere in the frame does not overlap its lookalike's outline;
+- colour: the aligned images' mean colours over a 4 x 4 grid of cells (a thin border left out), after one brightness factor for the
+  whole picture (between `BRIGHTNESS`), must nowhere differ by more than `colour_max` levels (of 255); a
+  grayscale copy is compared by luminance. A skin tone, a flag's colours or a heart's colour moves some cell's
+  mean far more than any edit of a copy does.
+
+Thumbnails are `THUMB_PX` square RGB (12 KB a row, kept for rows that were in some candidate pair)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -24,13 +31,16 @@ from curate.decode import decode_rgb
 from curate.tars import index_tar, shard_path
 
 THUMB_PX = 64
-PASSES = (  # (crop px, kept share of each axis, slack below the bar that still goes on to the next pass)
-    (8, (1.0, 0.9, 0.8), 0.15),
-    (16, (1.0, 0.95, 0.9, 0.85, 0.8), 0.08),
-    (32, tuple(1 - k * 0.025 for k in range(9)), 0.0),  # margins of up to 10% a side, in 2.5% steps
-)
-CHUNK_ROWS = 256
 EDGE_WEIGHT = 0.8
+LUMA = (0.299, 0.587, 0.114)
+GRID = [(a, b) for a in np.arange(0, 0.201, 0.05) for b in np.arange(0, 0.201, 0.05) if a + b <= 0.25 + 1e-9]
+COARSE_SLACK = 0.1  # pairs this far below the shape bar at 8 px are let go without refining
+REFINE_STEPS = (0.025, 0.0125)  # each window edge moves by these (shares of the axis) around the best, at 16 px
+COLOUR_CELLS = 4  # the colour test's grid: COLOUR_CELLS x COLOUR_CELLS cells
+COLOUR_INSET = 0.05  # the colour test leaves out this share of each side (a pad or crop edge a pixel off)
+BRIGHTNESS = (0.65, 1.55)  # one factor for the whole copy
+GRAY_CHROMA = 6.0  # RMS chroma (levels) under which an image counts as grayscale
+CHUNK_ROWS = 512
 
 
 def thumbnail(data: bytes) -> np.ndarray | None:
@@ -75,66 +85,122 @@ class ThumbnailStore:
         return np.stack([self.cache[row] for row in rows.tolist()])
 
 
-def _area_weights(size: int, px: int, fraction: float) -> np.ndarray:
-    """(px, size): output pixel k of a centred crop keeping `fraction` of the axis, as the area average of
-    the input pixels it covers (partial pixels weighted by their overlap)."""
-    step = size * fraction / px
-    edges = size * (1 - fraction) / 2 + step * np.arange(px + 1)
+def window_weights(size: int, px: int, cut_start: np.ndarray, cut_end: np.ndarray) -> torch.Tensor:
+    """(k, px, size): output pixel p of window k of an axis (keeping [cut_start, 1 - cut_end] of it) as the area
+    average of the input pixels it covers, partial pixels weighted by their overlap."""
+    start = size * np.asarray(cut_start, np.float64)[:, None]
+    step = size * (1 - np.asarray(cut_start, np.float64) - np.asarray(cut_end, np.float64))[:, None] / px
+    edges = start + step * np.arange(px + 1)
     pixels = np.arange(size)
-    overlap = np.minimum(edges[1:, None], pixels + 1) - np.maximum(edges[:-1, None], pixels)
-    return np.clip(overlap, 0, None) / step
+    overlap = np.minimum(edges[:, 1:, None], pixels + 1) - np.maximum(edges[:, :-1, None], pixels)
+    return torch.from_numpy((np.clip(overlap, 0, None) / step[:, :, None]).astype(np.float32))
 
 
-def _crops(thumbs: np.ndarray, px: int, fractions: tuple[float, ...]):
-    """(rows, crops, 2 * px * px * 3) unit vectors of every centred crop (each axis keeping each of `fractions`),
-    resampled by area (two matrix products per row): the colour and the shape halves (a tensor)."""
-    import torch
-
-    size, n, m = thumbs.shape[1], len(thumbs), len(fractions) ** 2
-    weights = torch.from_numpy(np.stack([_area_weights(size, px, f) for f in fractions]).astype(np.float32))
-    pixels = torch.from_numpy(np.ascontiguousarray(thumbs)).float()  # (n, y, x, 3)
-    rows = torch.einsum("fpy,nyxc->nfpxc", weights, pixels)
-    crops = torch.einsum("gqx,nfpxc->nfgcpq", weights, rows).reshape(n * m, 3, px, px)
-    colour = crops - crops.mean((1, 2, 3), keepdim=True)
-    shape = crops - crops.mean((2, 3), keepdim=True)
-    shape = shape - EDGE_WEIGHT * torch.nn.functional.avg_pool2d(shape, 3, 1, 1, count_include_pad=False)
-    halves = [h.reshape(n, m, -1) for h in (colour, shape)]
-    return torch.cat([h / h.norm(dim=2, keepdim=True).clamp_min(1e-6) for h in halves], 2) / np.sqrt(2)
+def resample(images: torch.Tensor, px: int) -> torch.Tensor:
+    """(n, ..., s, s) -> (n, ..., px, px) by area."""
+    w = window_weights(images.shape[-1], px, [0.0], [0.0])[0]
+    return w @ images @ w.T
 
 
-def aligned_similarity(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, px: int,
-                       fractions: tuple[float, ...]) -> np.ndarray:
-    """Per pair (thumbs[first[p]], thumbs[second[p]]): the best correlation of any crop of one image with
-    the whole of the other. 1.0 for identical pictures; a plain image (no variation) matches nothing."""
-    import torch
-
-    whole = torch.cat([_crops(thumbs[lo:lo + CHUNK_ROWS], px, (1.0,))[:, 0] for lo in range(0, len(thumbs), CHUNK_ROWS)])
-    best = torch.full((len(first),), -1.0)
-    sides = []
-    for mine, other in ((first, second), (second, first)):
-        order = np.argsort(mine, kind="stable")
-        sides.append((order, np.searchsorted(mine[order], np.arange(len(thumbs) + 1)), torch.as_tensor(other[order])))
-    for lo in tqdm(range(0, len(thumbs), CHUNK_ROWS), desc=f"pixel check at {px} px", unit="chunk", delay=5, leave=False):
-        crops = _crops(thumbs[lo:lo + CHUNK_ROWS], px, fractions)
-        for order, bounds, partner in sides:
-            for r in range(lo, min(lo + CHUNK_ROWS, len(thumbs))):
-                a, b = bounds[r], bounds[r + 1]
-                if a < b:  # every crop of row r against the whole of each partner
-                    q = torch.as_tensor(order[a:b])
-                    best[q] = torch.maximum(best[q], (whole[partner[a:b]] @ crops[r - lo].T).amax(1))
-    return best.numpy()
+def shape_signal(x: torch.Tensor) -> torch.Tensor:
+    """(..., p, p) luminance -> unit vectors: mean removed, edges stressed."""
+    lead, p = x.shape[:-2], x.shape[-1]
+    x = x.reshape(-1, 1, p, p)
+    x = x - x.mean((2, 3), keepdim=True)
+    x = x - EDGE_WEIGHT * F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+    x = x.reshape(*lead, p * p)
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
 
 
-def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float) -> np.ndarray:
-    """Each pair's aligned similarity after the passes (`PASSES`): the last pass's value for pairs that
-    stayed near the bar throughout, else the value of the pass that let them go (below the bar)."""
-    match = np.full(len(first), 1.0, dtype=np.float32)
-    close = np.arange(len(first))
-    for px, fractions, slack in PASSES:
-        if not len(close):
-            break
-        rows = np.unique(np.concatenate([first[close], second[close]]))
-        match[close] = aligned_similarity(thumbs[rows], np.searchsorted(rows, first[close]),
-                                          np.searchsorted(rows, second[close]), px, fractions)
-        close = close[match[close] >= minimum - slack]
+def luma(rgb: torch.Tensor, dim: int) -> torch.Tensor:
+    return torch.tensordot(rgb.movedim(dim, -1), torch.tensor(LUMA), dims=1)
+
+
+def _coarse(lum16: torch.Tensor, mine: np.ndarray, other: np.ndarray):
+    """Per pair, the best GRID window (index into GRID x GRID) of `mine` against the whole of `other` at 8 px,
+    and its correlation."""
+    cuts = np.array(GRID)
+    w = window_weights(16, 8, cuts[:, 0], cuts[:, 1])
+    whole = shape_signal(resample(lum16, 8))
+    best = torch.full((len(mine),), -2.0)
+    window = torch.zeros(len(mine), dtype=torch.long)
+    order = np.argsort(mine, kind="stable")
+    bounds = np.searchsorted(mine[order], np.arange(len(lum16) + 1))
+    for lo in tqdm(range(0, len(lum16), CHUNK_ROWS), desc="pixel check: align", unit="chunk", delay=5, leave=False):
+        rows = np.arange(lo, min(lo + CHUNK_ROWS, len(lum16)))
+        rows = rows[bounds[rows + 1] > bounds[rows]]
+        if not len(rows):
+            continue
+        crops = shape_signal(torch.einsum("kpy,nyx,jqx->nkjpq", w, lum16[rows], w)).reshape(len(rows), -1, 64)
+        for r, row in enumerate(rows.tolist()):
+            q = torch.as_tensor(order[bounds[row]:bounds[row + 1]])
+            sims = whole[torch.as_tensor(other)[q]] @ crops[r].T
+            best[q], window[q] = sims.max(1)
+    return best, window
+
+
+def _refine(lum32: torch.Tensor, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor, step: float):
+    """Move each edge of each pair's window (cut top, bottom, left, right) by -step, 0, +step at 16 px; the best
+    window's correlation and cuts."""
+    n = len(mine)
+    steps = torch.tensor([-step, 0.0, step])
+    options = [(cuts[:, j:j + 1] + steps).clamp(0, 0.3) for j in range(4)]
+    grid = [options[0][:, :, None].expand(n, 3, 3).reshape(-1), options[1][:, None, :].expand(n, 3, 3).reshape(-1),
+            options[2][:, :, None].expand(n, 3, 3).reshape(-1), options[3][:, None, :].expand(n, 3, 3).reshape(-1)]
+    wy = window_weights(32, 16, grid[0].numpy(), grid[1].numpy()).reshape(n, 9, 16, 32)
+    wx = window_weights(32, 16, grid[2].numpy(), grid[3].numpy()).reshape(n, 9, 16, 32)
+    crops = torch.einsum("nkpx,njqx->nkjpq", torch.einsum("nkpy,nyx->nkpx", wy, lum32[mine]), wx)
+    sims = torch.einsum("nkjd,nd->nkj", shape_signal(crops), shape_signal(resample(lum32[other], 16))).reshape(n, 81)
+    best, k = sims.max(1)
+    row, ky, kx = torch.arange(n), k // 9, k % 9
+    pick = [g.reshape(n, 9) for g in grid]
+    return best, torch.stack([pick[0][row, ky], pick[1][row, ky], pick[2][row, kx], pick[3][row, kx]], 1)
+
+
+def _colour_gap(rgb32: torch.Tensor, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor) -> torch.Tensor:
+    """The largest difference (levels) of any cell's mean colour (COLOUR_CELLS x COLOUR_CELLS cells) between
+    `mine`'s window and the whole of `other`, after one brightness factor; grayscale pairs by luminance."""
+    kept = 1 - cuts[:, 0::2] - cuts[:, 1::2]  # (n, 2) kept share of each axis
+    inner = cuts + COLOUR_INSET * kept.repeat_interleave(2, 1)
+    wy = window_weights(32, 16, inner[:, 0].numpy(), inner[:, 1].numpy())
+    wx = window_weights(32, 16, inner[:, 2].numpy(), inner[:, 3].numpy())
+    cell = 16 // COLOUR_CELLS
+    a = F.avg_pool2d(torch.einsum("npy,ncyx,nqx->ncpq", wy, rgb32[mine], wx), cell)
+    w = window_weights(32, 16, [COLOUR_INSET], [COLOUR_INSET])[0]
+    b = F.avg_pool2d(w @ rgb32[other] @ w.T, cell)
+    gray = torch.minimum(*(((x - luma(x, 1)[:, None]).pow(2).mean((1, 2, 3)).sqrt()) for x in (a, b))) < GRAY_CHROMA
+    a = torch.where(gray[:, None, None, None], luma(a, 1)[:, None].expand_as(a), a)
+    b = torch.where(gray[:, None, None, None], luma(b, 1)[:, None].expand_as(b), b)
+    factor = ((a * b).sum((1, 2, 3)) / a.pow(2).sum((1, 2, 3)).clamp_min(1e-6)).clamp(*BRIGHTNESS)
+    return (b - factor[:, None, None, None] * a).abs().amax((1, 2, 3))
+
+
+def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float,
+                colour_max: float) -> np.ndarray:
+    """Per pair (thumbs[first[p]], thumbs[second[p]]): the aligned shape correlation (1.0 for identical
+    pictures; a plain image matches nothing), or -1 where the colour test fails."""
+    rgb = torch.from_numpy(np.ascontiguousarray(thumbs)).float().permute(0, 3, 1, 2)
+    rgb32 = resample(rgb, 32)
+    lum32 = luma(rgb32, 1)
+    lum16 = resample(lum32, 16)
+    best, window, flipped = torch.full((len(first),), -2.0), torch.zeros(len(first), dtype=torch.long), None
+    for side, (mine, other) in enumerate(((first, second), (second, first))):
+        sim, win = _coarse(lum16, mine, other)
+        better = sim > best
+        best, window = torch.where(better, sim, best), torch.where(better, win, window)
+        flipped = better if side else torch.zeros_like(better)
+    match = np.full(len(first), -1.0, np.float32)
+    close = torch.nonzero(best >= minimum - COARSE_SLACK).flatten()
+    cuts = torch.tensor(GRID, dtype=torch.float32)
+    for lo in range(0, len(close), 1024):
+        pairs = close[lo:lo + 1024]
+        mine = torch.where(flipped[pairs], torch.as_tensor(second)[pairs], torch.as_tensor(first)[pairs])
+        other = torch.where(flipped[pairs], torch.as_tensor(first)[pairs], torch.as_tensor(second)[pairs])
+        k = len(GRID)
+        start = torch.cat([cuts[window[pairs] // k], cuts[window[pairs] % k]], 1)
+        edges = start
+        for step in REFINE_STEPS:
+            sim, edges = _refine(lum32, mine, other, edges, step)
+        gap = _colour_gap(rgb32, mine, other, edges)
+        match[pairs.numpy()] = torch.where(gap <= colour_max, sim, torch.full_like(sim, -1.0)).numpy()
     return match

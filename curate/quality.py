@@ -1,11 +1,15 @@
 """Evaluation against ground truth (synthetic or --from-pairs pools). Not a stage: stages never read gt_*."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
+
+from curate.dedup import REASONS
 
 
 def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -43,40 +47,73 @@ def score_auc(run_dir: Path, pool_path: Path, noise_kinds=("mismatched_caption",
     return result
 
 
-def dedup_quality(run_dir: Path, pool_path: Path) -> dict:
-    """Precision and recall of dedup/dup.parquet against the planted duplicates of a synthetic pool.
+def picture_ids(pool: pa.Table, pairs_root: Path | None = None) -> dict[str, str]:
+    """uid -> picture: one id per distinct pixel array of the source images (a pairs pool: aliases and identical
+    renderings are one picture), else per planted family (a drawn pool: a copy is its original's picture).
+    A planted copy, exact or edited, is always its original's picture."""
+    rows = pool.select(["uid", "gt_dup_of", "src_key"]).to_pylist()
+    family = {r["uid"]: r["gt_dup_of"] or r["uid"] for r in rows}
+    if pairs_root is None:
+        return family
+    pairs = pq.read_table(Path(pairs_root) / "pairs.parquet", columns=["key", "path"]).to_pydict()
+    path_of = dict(zip(pairs["key"], pairs["path"]))
+    pixels: dict[str, str] = {}
 
-    A planted pair is (copy, original) for every `exact_duplicate` / `near_duplicate` row. Recall: the
-    pair ended in one dup_group. Precision, per reason, of the rows dedup dropped for it: `precision`, the
-    share whose `dup_of` (the kept row) is of the same planted family (the original and its copies), so the
-    picture survives; `link_precision`, the share whose `dup_linked_to` (the pair that found it) is, which
-    does not count a right link whose group other links merged with another family. Caption reasons are
-    also broken down by the noise kind of the dropped row: boilerplate captions are duplicates by design."""
-    pool = pq.read_table(pool_path, columns=["uid", "gt_noise", "gt_dup_of"]).to_pylist()
-    noise = {r["uid"]: r["gt_noise"] for r in pool}
-    family = {r["uid"]: r["gt_dup_of"] or r["uid"] for r in pool}
-    dup = {r["uid"]: r for r in pq.read_table(Path(run_dir) / "dedup" / "dup.parquet").to_pylist()}
-    result: dict = {}
-    def scored(uid: str) -> bool:
-        return dup.get(uid, {}).get("dup_keep") is not None
+    def picture(key: str) -> str:
+        path = path_of[key]
+        if path not in pixels:
+            with Image.open(Path(pairs_root) / path) as im:
+                pixels[path] = hashlib.sha256(im.convert("RGB").tobytes()).hexdigest()
+        return pixels[path]
 
-    for kind in ("exact_duplicate", "near_duplicate"):
-        pairs = [(r["uid"], r["gt_dup_of"]) for r in pool
-                 if r["gt_noise"] == kind and scored(r["uid"]) and scored(r["gt_dup_of"])]
-        found = sum(1 for a, b in pairs if dup[a]["dup_group"] is not None and dup[a]["dup_group"] == dup[b]["dup_group"])
-        result[kind] = {"planted_pairs": len(pairs), "found": found, "recall": round(found / max(len(pairs), 1), 4)}
-    for reasons, name in ((("exact_image", "exact_pair"), "exact"), (("near_image",), "near_image"),
-                          (("near_caption",), "near_caption")):
-        dropped = [r for r in dup.values() if r["dup_keep"] is False and r["dup_reason"] in reasons]
-        right = sum(1 for r in dropped if family.get(r["uid"]) == family.get(r["dup_of"]))
-        linked_right = sum(1 for r in dropped if family.get(r["uid"]) == family.get(r.get("dup_linked_to")))
-        by_noise: dict[str, int] = {}
-        for r in dropped:
-            by_noise[noise.get(r["uid"], "?")] = by_noise.get(noise.get(r["uid"], "?"), 0) + 1
-        result[name] = {"dropped": len(dropped), "same_family": right,
-                        "precision": round(right / max(len(dropped), 1), 4),
-                        "link_precision": round(linked_right / max(len(dropped), 1), 4), "dropped_by_noise": by_noise}
-    return result
+    by_uid = {r["uid"]: r for r in rows}
+    return {uid: picture(by_uid[root]["src_key"]) for uid, root in family.items()}
+
+
+def dedup_quality(run_dir: Path, pool_path: Path, pairs_root: Path | None = None) -> dict:
+    """dedup/dup.parquet against the pictures of a pool with ground truth (rows dedup saw: `ok` ones).
+
+    pictures: distinct pictures; duplicate_rows: rows beyond the first of each picture; recall: of those, the
+    share dropped in favour of a row of the same picture; pictures_lost: pictures with no kept row; precision:
+    dropped rows whose kept row (`dup_of`) is the same picture, overall and per reason; by_edit: per planted
+    edit kind, the share of copies that dedup paired with their original (one dropped for the other)."""
+    pool = pq.read_table(pool_path)
+    picture = picture_ids(pool, pairs_root)
+    dup = {r["uid"]: r for r in pq.read_table(Path(run_dir) / "dedup" / "dup.parquet").to_pylist()
+           if r["dup_keep"] is not None}
+    rows_of: dict[str, list[dict]] = {}
+    for uid, r in dup.items():
+        rows_of.setdefault(picture[uid], []).append(r)
+    duplicate_rows = sum(len(rs) - 1 for rs in rows_of.values())
+    found = sum(min(len(rs) - 1, sum(1 for r in rs if r["dup_keep"] is False and picture.get(r["dup_of"]) == pic))
+                for pic, rs in rows_of.items())
+    lost = sum(1 for rs in rows_of.values() if not any(r["dup_keep"] for r in rs))
+    dropped = [r for r in dup.values() if r["dup_keep"] is False]
+    right = {r["uid"] for r in dropped if picture[r["uid"]] == picture.get(r["dup_of"])}
+    by_reason = {}
+    for reason in sorted({r["dup_reason"] for r in dropped}):
+        of = [r for r in dropped if r["dup_reason"] == reason]
+        by_reason[reason] = {"dropped": len(of), "precision": _share(sum(1 for r in of if r["uid"] in right), len(of))}
+    by_edit: dict[str, dict] = {}
+    for r in pool.select(["uid", "gt_dup_of", "gt_edit"] if "gt_edit" in pool.column_names else ["uid", "gt_dup_of"]).to_pylist():
+        copy, original = dup.get(r["uid"]), dup.get(r["gt_dup_of"] or "")
+        if copy is None or original is None:
+            continue
+        edit = r.get("gt_edit") or "exact"
+        paired = copy["dup_of"] == original["uid"] or original["dup_of"] == copy["uid"] or (
+            copy["dup_of"] is not None and copy["dup_of"] == original["dup_of"])
+        counts = by_edit.setdefault(edit, {"copies": 0, "paired": 0})
+        counts["copies"], counts["paired"] = counts["copies"] + 1, counts["paired"] + int(paired)
+    for counts in by_edit.values():
+        counts["recall"] = _share(counts["paired"], counts["copies"])
+    return {"rows": len(dup), "pictures": len(rows_of), "duplicate_rows": duplicate_rows, "dropped": len(dropped),
+            "recall": _share(found, duplicate_rows), "pictures_lost": lost,
+            "pictures_lost_share": round(lost / max(len(rows_of), 1), 4),
+            "precision": _share(len(right), len(dropped)), "by_reason": by_reason, "by_edit": dict(sorted(by_edit.items()))}
+
+
+def _share(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 1.0
 
 
 def natural_structure(run_dir: Path, pool_path: Path, pairs_path: Path, family_column: str = "base_hexcode") -> dict:
@@ -90,7 +127,7 @@ def natural_structure(run_dir: Path, pool_path: Path, pairs_path: Path, family_c
     source = {r["uid"]: r["src_key"] for r in pool}
     dup = {r["uid"]: r for r in pq.read_table(Path(run_dir) / "dedup" / "dup.parquet").to_pylist()}
     result: dict = {}
-    for reason in ("exact_image", "exact_pair", "near_caption", "near_image"):
+    for reason in REASONS:
         counts = {"same_source": 0, "same_family": 0, "other": 0}
         for r in dup.values():
             if r["dup_keep"] is False and r["dup_reason"] == reason:

@@ -17,6 +17,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from curate import copy_edits
+from curate.copy_edits import EDITS, edit_copy, jpeg_quality
 from curate.io import atomic_write_json, atomic_write_parquet, fingerprint, read_json
 from curate.scenes import SCENES_VERSION, describe, encode, perturb_scene, random_scene, render
 from curate.schema import Status, make_uid
@@ -176,13 +178,9 @@ class PairsSource:
         atomic_write_parquet(Path(out_dir) / "pairs.parquet", table)
 
 
-def _near_copy(img: Image.Image, rng: np.random.Generator) -> bytes:
-    """Crop a few percent, resize and re-encode: the same picture, other bytes."""
-    w, h = img.size
-    dx, dy = int(w * rng.uniform(0.02, 0.08)), int(h * rng.uniform(0.02, 0.08))
-    scale = rng.uniform(0.8, 1.0)
-    out = img.crop((dx, dy, w - dx, h - dy)).resize((max(40, int(w * scale)), max(40, int(h * scale))))
-    return encode(out, quality=int(rng.integers(60, 85)))
+def _near_copy(img: Image.Image, edit: str, rng: np.random.Generator) -> bytes:
+    """The same picture, other bytes: one web-copy edit (curate.copy_edits), then a JPEG re-upload."""
+    return encode(edit_copy(img, edit, rng), quality=jpeg_quality(edit, rng))
 
 
 def _broken_payload(kind: str, img: Image.Image, rng: np.random.Generator) -> tuple[str, bytes | None]:
@@ -247,7 +245,7 @@ def synthesize(cfg: SynthConfig, out_dir: Path) -> pa.Table:
     originals = rng.choice(clean, size=n_exact + n_near, replace=False).tolist()
     keep_image = set(originals)
 
-    rows = []  # (gt_noise, route, payload bytes or None, caption, gt_caption, src_key, original row)
+    rows = []  # (gt_noise, route, payload bytes or None, caption, gt_caption, src_key, original row, gt_edit)
     images: dict[int, Image.Image] = {}
     for k in range(n_base):
         i = int(base_ids[k])
@@ -264,17 +262,18 @@ def synthesize(cfg: SynthConfig, out_dir: Path) -> pa.Table:
             caption = source.partial(i, rng)
         elif kind in BROKEN_KINDS:
             route, payload = _broken_payload(kind, item.image, rng)
-        rows.append((kind, route, payload, caption, item.caption, item.key, None))
+        rows.append((kind, route, payload, caption, item.caption, item.key, None, None))
     for d, k in enumerate(originals):
         i = int(base_ids[k])
         exact = d < n_exact
+        edit = None if exact else EDITS[(d - n_exact) % len(EDITS)]
         if exact:
             payload = rows[k][2]
             caption = rows[k][3] if d % 2 == 0 else source.paraphrase(i, rng)
         else:
-            payload, caption = _near_copy(images[k], rng), source.paraphrase(i, rng)
+            payload, caption = _near_copy(images[k], edit, rng), source.paraphrase(i, rng)
         kind = "exact_duplicate" if exact else "near_duplicate"
-        rows.append((kind, "f", payload, caption, rows[k][4], rows[k][5], k))
+        rows.append((kind, "f", payload, caption, rows[k][4], rows[k][5], k, edit))
 
     port = cfg.port or free_port(cfg.host)
     order = rng.permutation(len(rows))
@@ -298,13 +297,14 @@ def synthesize(cfg: SynthConfig, out_dir: Path) -> pa.Table:
         "gt_noise": [rows[r][0] for r in order],
         "gt_dup_of": [uids[rows[r][6]] if rows[r][6] is not None else None for r in order],
         "gt_caption": [rows[r][4] for r in order],
+        "gt_edit": pa.array([rows[r][7] for r in order], pa.string()),
     })
     atomic_write_json(out_dir / "serve.json", {"host": cfg.host, "port": port, "hang_s": cfg.hang_s})
     by_noise = dict(zip(*np.unique(table.column("gt_noise").to_numpy(zero_copy_only=False), return_counts=True)))
     atomic_write_json(out_dir / "stats.json", {
         "input_rows": table.num_rows, "by_status": {Status.OK: table.num_rows},
         "by_gt_noise": {str(k): int(v) for k, v in by_noise.items()},
-        "config": fingerprint(cfg.model_dump(mode="json"), SCENES_VERSION), "wall_s": round(time.time() - start, 2),
+        "config": _fingerprint(cfg), "wall_s": round(time.time() - start, 2),
     })
     atomic_write_parquet(out_dir / "pool.parquet", table)
     log.info("synth: %d rows in %s (%.1fs)", table.num_rows, out_dir, time.time() - start)
@@ -316,7 +316,11 @@ def is_synthesized(cfg: SynthConfig, out_dir: Path) -> bool:
     stats = Path(out_dir) / "stats.json"
     if not (Path(out_dir) / "pool.parquet").exists() or not stats.exists():
         return False
-    return read_json(stats).get("config") == fingerprint(cfg.model_dump(mode="json"), SCENES_VERSION)
+    return read_json(stats).get("config") == _fingerprint(cfg)
+
+
+def _fingerprint(cfg: SynthConfig) -> str:
+    return fingerprint(cfg.model_dump(mode="json"), SCENES_VERSION, copy_edits.VERSION)
 
 
 def serve_settings(synth_dir: Path) -> dict:

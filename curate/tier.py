@@ -2,7 +2,8 @@
 
 Score once, select many: tiering reads columns the earlier stages wrote and never runs a model, so a
 new threshold costs seconds. Every input uid is accounted for in every subset: in it, or dropped with
-exactly one first reason (its row status, `holdout`, or the first rule it fails)."""
+exactly one first reason (its row status, `holdout`, or the first rule it fails). Named recipes
+(configs/recipes/<name>.yaml: DataComp's baselines, MetaCLIP's balancing) add ready-made subsets."""
 from __future__ import annotations
 
 import binascii
@@ -17,10 +18,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curate.io import (atomic_write_bytes, atomic_write_json, atomic_write_parquet, fingerprint, list_parts,
-                       markers_fingerprint, read_json)
-from curate.schema import STATUS, UID, Status
-from curate.tier_rules import DedupKeep, Rule, SubsetConfig, TopFraction, evaluate, rule_columns
+from curate.io import (atomic_write_bytes, atomic_write_json, atomic_write_parquet, file_fingerprint, fingerprint,
+                       list_parts, markers_fingerprint, read_json)
+from curate.metadata import MetadataConfig, build_metadata
+from curate.schema import CAPTION, STATUS, UID, Status
+from curate.score import ScoreConfig, ScoreStage
+from curate.tier_rules import (DedupKeep, NearestClusters, Rule, RuleInputs, SubsetConfig, TopFraction, evaluate,
+                               recipe_subsets, rule_columns, rule_files)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,11 @@ class TierConfig(BaseModel):
         default_factory=lambda: [0.2, 0.4, 0.6, 0.8, 1.0],
         description="the paper's tiers: subsets topNN = base rules + top NN% by score_column")
     subsets: list[SubsetConfig] = Field(default_factory=list, description="further named subsets")
+    recipes: list[str] = Field(default_factory=list, description="named subset lists, configs/recipes/<name>.yaml "
+                               "(datacomp_baselines, metaclip); a subset of `subsets` with a recipe subset's name "
+                               "replaces it")
+    metadata: MetadataConfig | None = Field(None, description="first build RUN/metadata/ (entries.txt, "
+                                            "class_names.txt) from the pool's captions, as `curate metadata` does")
     holdout_fraction: float = Field(0.0, ge=0, lt=1, description="uids held out of every subset for evaluation")
     holdout_seed: int = 0
 
@@ -58,7 +67,10 @@ class TierConfig(BaseModel):
     def all_subsets(self) -> list[SubsetConfig]:
         standard = [SubsetConfig(name=f"top{round(f * 100)}", rules=[TopFraction(fraction=f)])
                     for f in self.standard_fractions]
-        return standard + list(self.subsets)
+        own = {s.name: s for s in self.subsets}
+        from_recipes = [own.get(s.name, s) for name in self.recipes for s in recipe_subsets(name)]
+        replaced = {s.name for s in from_recipes}
+        return standard + from_recipes + [s for s in self.subsets if s.name not in replaced]
 
 
 def _sources(run_dir: Path) -> list[tuple[Path, str | None]]:
@@ -104,23 +116,34 @@ def available_columns(run_dir: Path) -> list[str]:
     return sorted(names)
 
 
-def _join_dedup(run_dir: Path, uids: pa.ChunkedArray) -> dict[str, np.ndarray]:
+def _join_dedup(run_dir: Path, uids: pa.ChunkedArray, extra: list[str]) -> dict[str, np.ndarray]:
+    """dup_keep and dup_drop_reason (for `dedup_keep`) and the `extra` dup.parquet columns (e.g.
+    caption_dup_count), in the order of `uids`."""
     path = run_dir / "dedup" / "dup.parquet"
     if not path.exists():
-        raise TierError(f"a dedup_keep rule needs {path}: add dedup to the run's stages")
-    dup = pq.read_table(path, columns=[UID, "dup_keep", "dup_reason"])
+        raise TierError(f"dedup_keep and the dedup columns need {path}: add dedup to the run's stages")
+    dup = pq.read_table(path, columns=[UID, "dup_keep", "dup_reason", *extra])
     rows = pc.index_in(uids, dup.column(UID))  # first occurrence of each uid
     keep = dup.column("dup_keep").take(rows)
     reason = pc.binary_join_element_wise(pa.scalar("duplicate_"), dup.column("dup_reason").take(rows), "")
     return {"dup_keep": pc.fill_null(keep, False).to_numpy(zero_copy_only=False),
-            "dup_drop_reason": pc.fill_null(reason, "not_deduplicated")}
+            "dup_drop_reason": pc.fill_null(reason, "not_deduplicated"),
+            **{c: _as_numpy(dup.column(c).take(rows)) for c in extra}}
 
 
-def _as_numpy(column: pa.ChunkedArray) -> np.ndarray:
-    """Numbers as float64 with NaN for null; anything else as an object array with None."""
+def _as_numpy(column: pa.ChunkedArray) -> np.ndarray | pa.ChunkedArray:
+    """Numbers as float64 with NaN for null; fixed-size lists (embeddings) as a 2-D float array with NaN rows
+    for null; anything else (strings, booleans) stays Arrow."""
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_null(column.type):
         return pc.fill_null(column.cast(pa.float64()), np.nan).to_numpy()
-    return column.to_numpy(zero_copy_only=False)
+    if pa.types.is_fixed_size_list(column.type):
+        lists = column.combine_chunks()
+        size = column.type.list_size
+        flat = lists.values.slice(lists.offset * size, len(lists) * size).to_numpy(zero_copy_only=False)
+        rows = flat.reshape(len(lists), size).astype(np.result_type(flat.dtype, np.float16))
+        rows[lists.is_null().to_numpy(zero_copy_only=False)] = np.nan
+        return rows
+    return column
 
 
 def uid_halves(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -192,31 +215,90 @@ class _Reasons:
 def _identity(cfg: TierConfig, run_dir: Path) -> str:
     markers = [*(run_dir / "score" / "_done").glob("*.json"), *(run_dir / "download" / "_done").glob("*.json")]
     dedup = run_dir / "dedup" / "_done.json"
-    return fingerprint(cfg.model_dump(mode="json"), markers_fingerprint(markers),
-                       read_json(dedup) if dedup.exists() else None)
+    files = [(str(p), file_fingerprint(p) if p.is_file() else None) for p in _files_read(cfg, run_dir)]
+    return fingerprint(cfg.model_dump(mode="json"), [s.model_dump(mode="json") for s in cfg.all_subsets()],
+                       markers_fingerprint(markers), read_json(dedup) if dedup.exists() else None, files)
 
 
-def _columns_needed(cfg: TierConfig, run_dir: Path) -> tuple[str, list[str]]:
-    names = available_columns(run_dir)
+def _in_run(run_dir: Path):
+    """A rule's path: relative = inside the run directory (as score checkpoints)."""
+    return lambda path: path if Path(path).is_absolute() else run_dir / path
+
+
+def _files_read(cfg: TierConfig, run_dir: Path) -> list[Path]:
+    """Every file the rules and the metadata build read besides the stages' outputs."""
+    rules = [*cfg.base, *(r for s in cfg.all_subsets() for r in s.rules)]
+    found = [_in_run(run_dir)(f) for rule in rules for f in rule_files(rule)]
+    return sorted(set(found + (list(cfg.metadata.class_names) if cfg.metadata else [])))
+
+
+def ok_captions(run_dir: Path) -> pa.ChunkedArray:
+    """The captions of the pool's rows with status ok (downloaded, and scored when the run scores)."""
+    pool = read_pool(Path(run_dir), [CAPTION])
+    return pool.filter(pc.fill_null(pc.equal(pool.column(STATUS), Status.OK), False)).column(CAPTION)
+
+
+def _target_embedder(score: ScoreConfig | None, run_dir: Path):
+    """Image embeddings of a target pairs folder by the run's first scorer, cached in tier/targets/ by the
+    scorer's identity and the folder's pairs.parquet."""
+    def embed(pairs_dir: Path) -> np.ndarray:
+        stage = ScoreStage(score, run_dir / "download", run_dir)
+        table = pairs_dir / "pairs.parquet"
+        key = fingerprint(stage.config_fingerprint(), str(pairs_dir.resolve()), file_fingerprint(table))
+        cache = run_dir / "tier" / "targets" / f"{key}.npy"
+        if cache.exists():
+            return np.load(cache)
+        paths = [pairs_dir / p for p in pq.read_table(table, columns=["path"]).column("path").to_pylist()]
+        log.info("tier: embedding %d target images of %s (scorer %r)", len(paths), pairs_dir, score.scorers[0].name)
+        stage.setup()
+        vectors = stage.embed_image_files(paths)
+        buf = io.BytesIO()
+        np.save(buf, vectors)
+        atomic_write_bytes(cache, buf.getvalue())
+        return vectors
+    return embed
+
+
+def _dedup_columns(run_dir: Path) -> list[str]:
+    """Columns of dedup/dup.parquet a rule may name (caption_dup_count, ...), besides the dup_* marks."""
+    path = run_dir / "dedup" / "dup.parquet"
+    return [c for c in pq.read_schema(path).names if c != UID] if path.exists() else []
+
+
+def _columns_needed(cfg: TierConfig, run_dir: Path, score: ScoreConfig | None) -> tuple[str, list[str], list[str]]:
+    """The score column, and the columns the rules read from the stages' parts and from dup.parquet; checks
+    the files the rules read."""
+    names, dedup_names = available_columns(run_dir), _dedup_columns(run_dir)
     score_column = cfg.score_column or next((c for c in names if c.startswith("score_")), None)
     rules = [*cfg.base, *(r for s in cfg.all_subsets() for r in s.rules)]
+    missing = [str(p) for p in _files_read(cfg, run_dir) if not p.is_file()]
+    if missing:
+        raise TierError(f"tier rules read {missing}, which do not exist (relative paths are inside the run; "
+                        "`curate metadata --out RUN` or tier.metadata writes metadata/entries.txt and class_names.txt)")
     needed: list[str] = []
+    from_dedup: list[str] = []
     for rule in rules:
         if isinstance(rule, TopFraction) and (rule.column or score_column) is None:
             raise TierError("a top_fraction rule needs a score column, and this run has none: run the score "
                             "stage, or set tier.standard_fractions: [] and give subsets without top_fraction")
+        if isinstance(rule, NearestClusters) and score is None:
+            raise TierError("a nearest_clusters rule embeds its target images with the run's first scorer: "
+                            "run the tier stage with the run's config (its score section)")
         for col in rule_columns(rule, score_column):
             if col.startswith("dup_"):
                 continue
-            if col not in names:
-                raise TierError(f"tier rule column {col!r} is not in this run's columns: {names}")
-            if col not in needed:
-                needed.append(col)
-    return score_column, needed
+            if col in names:
+                needed += [col] if col not in needed else []
+            elif col in dedup_names:
+                from_dedup += [col] if col not in from_dedup else []
+            else:
+                raise TierError(f"tier rule column {col!r} is not in this run's columns: {names + dedup_names}")
+    return score_column, needed, from_dedup
 
 
-def run_tier(cfg: TierConfig, run_dir: Path) -> dict:
-    """Write tier/subsets/<name>.parquet|.npy, thresholds.json, counts.json and accounting.parquet."""
+def run_tier(cfg: TierConfig, run_dir: Path, score: ScoreConfig | None = None) -> dict:
+    """Write tier/subsets/<name>.parquet|.npy, thresholds.json, counts.json and accounting.parquet. `score`
+    (the run's score config) is needed by nearest_clusters rules, which embed their target with its scorer."""
     run_dir = Path(run_dir)
     out_dir = run_dir / "tier"
     identity = _identity(cfg, run_dir)
@@ -225,7 +307,10 @@ def run_tier(cfg: TierConfig, run_dir: Path) -> dict:
         log.info("tier: %s is up to date", out_dir)
         return read_json(out_dir / "counts.json")
     start = time.time()
-    score_column, needed = _columns_needed(cfg, run_dir)
+    if cfg.metadata is not None:
+        build_metadata(ok_captions(run_dir), cfg.metadata, run_dir)
+        identity = _identity(cfg, run_dir)  # with the files just written, as the next run will see them
+    score_column, needed, from_dedup = _columns_needed(cfg, run_dir, score)
     pool = read_pool(run_dir, needed)
     input_rows = pool.num_rows
     pool = pool.filter(pc.fill_null(pc.not_equal(pool.column(STATUS), Status.DUPLICATE_UID), True))
@@ -233,11 +318,13 @@ def run_tier(cfg: TierConfig, run_dir: Path) -> dict:
     uids = pool.column(UID)
     columns = {c: _as_numpy(pool.column(c)) for c in needed}
     rules = [*cfg.base, *(r for s in cfg.all_subsets() for r in s.rules)]
-    if any(isinstance(r, DedupKeep) for r in rules):
-        columns.update(_join_dedup(run_dir, uids))
+    if from_dedup or any(isinstance(r, DedupKeep) for r in rules):
+        columns.update(_join_dedup(run_dir, uids, from_dedup))
     status = pc.fill_null(pool.column(STATUS), NOT_DOWNLOADED)
     scored = pc.equal(status, Status.OK).to_numpy(zero_copy_only=False)
     holdout = holdout_mask(uids, cfg.holdout_fraction, cfg.holdout_seed)
+    inputs = RuleInputs(columns, scored, score_column, uid_halves(uids)[:, 0], _in_run(run_dir),
+                        _target_embedder(score, run_dir))
 
     subsets_dir = out_dir / "subsets"
     subsets_dir.mkdir(parents=True, exist_ok=True)
@@ -252,7 +339,7 @@ def run_tier(cfg: TierConfig, run_dir: Path) -> dict:
         reasons.drop(holdout, HOLDOUT)
         thresholds[subset.name] = {}
         for rule in [*(cfg.base if subset.base else []), *subset.rules]:
-            passes, reason, cut = evaluate(rule, columns, scored, score_column)
+            passes, reason, cut = evaluate(rule, inputs)
             reasons.drop(~passes, reason)
             if cut is not None:
                 thresholds[subset.name][rule_columns(rule, score_column)[0]] = cut

@@ -179,7 +179,7 @@ def check_pipeline(cfg: PipelineConfig, out_dir: Path, only: list[str] | None = 
         if not any(out_dir.glob(pattern)):
             raise InputError(f"stage {stage!r} needs the {before} stage's output ({out_dir / pattern}), which "
                              f"does not exist: run the {before} stage first")
-    if "shard" in stages:
+    if "shard" in stages and cfg.shard.subsets is not None:  # None: every subset the tier stage makes
         known = [s.name for s in cfg.tier.all_subsets()] if "tier" in stages else known_subsets(out_dir)
         unknown = [s for s in cfg.shard.subsets if s not in known]
         if unknown:
@@ -208,7 +208,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, only: list[str] | None = No
              "filter": lambda: run_filter(cfg.filter, out_dir),
              "score": lambda: run_score(cfg.score, out_dir, runner),
              "dedup": lambda: run_dedup(cfg.dedup, out_dir, **dedup_shuffle(cfg.dedup, runner)),
-             "tier": lambda: run_tier(cfg.tier, out_dir),
+             "tier": lambda: run_tier(cfg.tier, out_dir, cfg.score),
              "shard": lambda: run_shard(cfg.shard, out_dir, runner)}
     stats: dict[str, dict] = {}
     try:

@@ -229,7 +229,7 @@ def test_ground_truth_rates_on_a_hand_made_run(tmp_path):
     # group 0: u0 kept, its planted copy u2 removed; group 3: u3 kept, u1 and its planted copy u5 both removed
     pq.write_table(pa.table({
         "uid": u, "dup_group": [0, 3, 0, 3, None, 3], "dup_keep": [True, False, False, True, None, False],
-        "dup_reason": [None, "near_caption", "exact_image", None, None, "near_image"],
+        "dup_reason": [None, "exact_pair", "exact_image", None, None, "near_image"],
         "dup_of": [None, u[3], u[0], None, None, u[3]], "dup_similarity": [None, 0.9, 1.0, None, None, 0.96]}),
         run / "dedup" / "dup.parquet")
     pq.write_table(pa.table({"uid": [u[0], u[3]]}), run / "tier" / "subsets" / "top.parquet")
@@ -241,7 +241,7 @@ def test_ground_truth_rates_on_a_hand_made_run(tmp_path):
     rows = _table_rows(truth)
     assert rows["not ok after download"][:3] == ["1", "100.0%", "100.0%"]  # the one drop is the broken row
     assert rows["exact_image"] == ["1", "100.0%"]  # u0 survives for u2
-    assert rows["near_caption"] == ["1", "0.0%"] and rows["near_image"] == ["1", "0.0%"]  # u1's group is gone
+    assert rows["exact_pair"] == ["1", "0.0%"] and rows["near_image"] == ["1", "0.0%"]  # u1's group is gone
     assert rows["exact_duplicate"] == ["1", "1", "100.0%"] and rows["near_duplicate"] == ["1", "1", "100.0%"]
     assert rows["top"][:3] == ["2", "50.0%", "50.0%"]  # u0 clean, u3 mismatched; 1 of 2 clean rows kept
     assert rows["dup"][:3] == ["3", "66.7%", "50.0%"]  # u2, u5 noisy of u1, u2, u5; 2 of 4 noisy rows

@@ -4,6 +4,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
+from curate.copy_edits import EDITS
 from curate.schema import make_uid
 from curate.synth import BROKEN_KINDS, NoiseConfig, SynthConfig, synthesize
 from tests.conftest import EMOJI
@@ -18,7 +19,7 @@ def _file_bytes(pool_dir, url):
 
 def test_pool_columns_noise_vocabulary_and_proportions(small_pool):
     pool = pq.read_table(small_pool / "pool.parquet")
-    assert pool.column_names == ["uid", "url", "caption", "src_key", "gt_noise", "gt_dup_of", "gt_caption"]
+    assert pool.column_names == ["uid", "url", "caption", "src_key", "gt_noise", "gt_dup_of", "gt_caption", "gt_edit"]
     assert pool.num_rows == 240
     counts = Counter(pool.column("gt_noise").to_pylist())
     assert set(counts) <= GT_VALUES
@@ -38,8 +39,11 @@ def test_duplicates_point_at_clean_originals(small_pool):
             assert original["gt_noise"] == "clean" and original["url"] != r["url"]
             same = _file_bytes(small_pool, r["url"]) == _file_bytes(small_pool, original["url"])
             assert same == (r["gt_noise"] == "exact_duplicate")
+            assert (r["gt_edit"] in EDITS) == (r["gt_noise"] == "near_duplicate")
         else:
-            assert r["gt_dup_of"] is None
+            assert r["gt_dup_of"] is None and r["gt_edit"] is None
+    edits = Counter(r["gt_edit"] for r in rows.values() if r["gt_edit"])
+    assert set(edits) == set(EDITS)  # 12 near copies: every edit kind in turn
 
 
 def test_caption_noise_differs_from_the_true_caption(small_pool):

@@ -99,7 +99,8 @@ class TrainConfig(BaseModel):
     model: str = "tiny-vit-32"
     pretrained: str | None = Field(None, description="open_clip tag or local weights file; none = random init")
     data: DataConfig
-    samples_seen: int = Field(20_480, ge=1, description="the compute budget: every run sees exactly this many")
+    samples_seen: int = Field(20_480, ge=1, description="the compute budget: samples drawn from the data; the "
+                              "summary counts those trained on and those skipped (undecodable) apart")
     batch_size: int = Field(256, ge=2)
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.2, ge=0)

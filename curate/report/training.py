@@ -17,7 +17,8 @@ MAX_CURVES = 24
 MAX_TABLE_ROWS = 200
 MAX_METRICS = 6
 CELL_KEYS = ("subset", "strategy", "model", "regime")
-NOT_METRICS = {"seed", "subset_size", "samples_seen", "wall_s", "samples_per_s", "steps", "records", "skipped"}
+NOT_METRICS = {"seed", "subset_size", "samples_seen", "wall_s", "samples_per_s", "steps", "records",
+               "samples_skipped", "fingerprint"}
 HEADLINE_LEAVES = ("r5", "top1")  # retrieval R@5 and classification top-1 first; counts (n, classes) never
 # two-sided 95% Student t quantiles by degrees of freedom (1.96 beyond 30)
 T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
