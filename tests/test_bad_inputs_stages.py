@@ -142,7 +142,7 @@ def deduped():
             pa.array(np.stack(vectors).astype(np.float16).reshape(-1)), dim),
         "score_x": pa.array(scores, pa.float32()),
     })
-    dup = find_duplicates(table, DedupConfig(cluster_size=2), "score_x")
+    dup = find_duplicates(table, DedupConfig(cluster_size=2, image_match_min=None, copy_search_k=0), "score_x")
     return table, {k: r for k, r in zip(kinds, dup.to_pylist())}
 
 

@@ -45,11 +45,8 @@ def test_loss_goes_down_on_a_tiny_overfit_set(tmp_path):
     assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:3])
 
 
-def test_resume_continues_the_same_schedule(tmp_path, monkeypatch):
-    pairs = _pairs_dir(tmp_path / "pairs")
-    cfg = _cfg({"pairs": str(pairs)}, samples_seen=16 * 8, checkpoint_every_steps=4)
-    train(cfg, tmp_path / "whole")
-
+def _train_killed_after_first_checkpoint(cfg, out, monkeypatch) -> None:
+    """Train until the first checkpoint is written, then die as a kill would."""
     real_save = checkpoint.save
 
     def save_then_die(*args, **kwargs):
@@ -58,8 +55,16 @@ def test_resume_continues_the_same_schedule(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "resumed")
+        train(cfg, out)
     monkeypatch.setattr(checkpoint, "save", real_save)
+
+
+def test_resume_continues_the_same_schedule(tmp_path, monkeypatch):
+    pairs = _pairs_dir(tmp_path / "pairs")
+    cfg = _cfg({"pairs": str(pairs)}, samples_seen=16 * 8, checkpoint_every_steps=4)
+    train(cfg, tmp_path / "whole")
+
+    _train_killed_after_first_checkpoint(cfg, tmp_path / "resumed", monkeypatch)
     assert checkpoint.read(tmp_path / "resumed" / "checkpoint.pt")["step"] == 4
     summary = train(cfg, tmp_path / "resumed")
     read = lambda d: [(m["step"], m["lr"]) for m in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
@@ -93,16 +98,7 @@ def test_shards_train_with_a_corrupt_sample_skipped_and_counted(tmp_path, monkey
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["samples"] == 38 and last["samples_skipped"] == 2
 
-    real_save = checkpoint.save
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt("killed after the first checkpoint")
-
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "resumed")
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    _train_killed_after_first_checkpoint(cfg, tmp_path / "resumed", monkeypatch)
     resumed = train(cfg, tmp_path / "resumed")  # the counts carry over the resume
     assert (resumed["samples_seen"], resumed["samples_skipped"]) == (38, 2)
 
