@@ -105,6 +105,19 @@ class ScoreStage(MapStage):
         self._decode_px = max(batcher.size for _, _, batcher, _ in self._scorers)
         self._device_turn = threading.Lock() if self._device.startswith("cuda") else nullcontext()  # one forward at a time on a GPU
 
+    def embed_image_files(self, paths: list[Path]) -> np.ndarray:
+        """Image embeddings of files by the first scorer (whose embeddings the stage stores), decoded and
+        preprocessed as the pool's images are, so they compare with `image_embedding`; after setup()."""
+        import torch
+
+        _, model, batcher, _ = self._scorers[0]
+        found = []
+        with torch.inference_mode(), self._autocast():
+            for lo in range(0, len(paths), self.cfg.batch_size):
+                images = [decode_rgb(Path(p).read_bytes(), self._decode_px) for p in paths[lo:lo + self.cfg.batch_size]]
+                found.append(self._encode(model.encode_image, batcher(images)))
+        return np.concatenate(found) if found else np.zeros((0, 0), dtype=np.float32)
+
     def _decode(self, rows: list[int], images_by_uid: dict[str, bytes], uids: list[str]):
         """(decoded rows, {row: error}, each scorer's pixel batch or None when no row decoded)."""
         good, failures, images = [], {}, []

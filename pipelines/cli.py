@@ -19,6 +19,7 @@ EPILOG = """examples:
   curate download --input pool/pool.parquet --serve pool/ --out runs/dl
   curate tier --out runs/demo --set 'tier.standard_fractions=[0.3]'   re-tier in seconds, no model run
   curate shard --out runs/demo                           WebDataset tars per subset
+  curate metadata --out runs/demo --t 50                 MetaCLIP entries from the pool's captions, head/tail
   curate status runs/demo                                parts done, failed, pending per stage
   curate report runs/demo                                runs/demo/report.html
   curate compare configs/compare/emoji.yaml --out runs/emoji-compare   tiers x strategies x seeds
@@ -120,6 +121,35 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", type=Path,
                         help="pipeline YAML for the stage's section (default: OUT/config.resolved.yaml if present)")
         _add_common(sp)
+
+    md = sub.add_parser(
+        "metadata", help="build MetaCLIP-style metadata entries from a run's captions; print counts, head/tail",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""Write OUT/metadata/entries.txt, one entry a line, built the way MetaCLIP built its Wikipedia part,
+but from the pool's own captions (rows with status ok): unigrams seen at least --min-count times, bigrams
+seen as often whose PMI is at least --min-pmi, plus the class names of --class-names; also
+OUT/metadata/class_names.txt (the class names alone) and counts.tsv (entry, captions that contain it).
+Then print the most frequent entries and the split MetaCLIP's balancing makes at --t: head entries
+(count > t; each of their pairs kept with probability t/count), tail entries (every pair kept) and the
+balanced subset's expected size.""",
+        epilog="""tier rules that read these files (paths inside the run):
+  {kind: balance, entries: metadata/entries.txt, t: 50, seed: 0}     MetaCLIP's balancing (tier.recipes: [metaclip])
+  {kind: text_match, entries: metadata/class_names.txt}              DataComp's text-based filter
+example:
+  curate metadata --out runs/demo --t 50 --class-names configs/compare/emoji_classes.txt
+""")
+    md.add_argument("--out", type=Path, required=True, help="run directory with downloaded (and scored) parts")
+    md.add_argument("--t", type=int, default=20000, metavar="T", help="the balancing threshold to show the split for "
+                    "(default 20000, MetaCLIP's for a 1.6B pool; scale it with the pool)")
+    md.add_argument("--min-count", type=int, metavar="N",
+                    help="unigrams and bigrams seen fewer times are left out (default 5)")
+    md.add_argument("--min-pmi", type=float, metavar="X",
+                    help="bigrams need pointwise mutual information log(p(ab) / (p(a) p(b))) >= this (default 3.0)")
+    md.add_argument("--class-names", type=Path, action="append", default=[], metavar="FILE",
+                    help="a file of class names, one a line, added as entries (repeatable)")
+    md.add_argument("--top", type=int, default=20, metavar="N",
+                    help="how many of the most frequent entries to print (default 20)")
+    md.add_argument("-v", "--verbose", action="store_true")
 
     rep = sub.add_parser("report", help="write RUN_DIR/report.html: funnel, tiers, galleries, duplicates, training",
                          description="Render one self-contained HTML page (plots and thumbnails embedded, no "
@@ -303,6 +333,33 @@ def _cmd_compare(args) -> Work:
     return work
 
 
+def _cmd_metadata(args) -> Work:
+    import numpy as np
+
+    from curate.metadata import ENTRIES, MetadataConfig, build_metadata, head_tail
+    from curate.tier import ok_captions
+
+    given = {"min_count": args.min_count, "min_pmi": args.min_pmi}
+    cfg = MetadataConfig(class_names=args.class_names, **{k: v for k, v in given.items() if v is not None})
+    for path in args.class_names:
+        _require(path, "class names file")
+    if args.t < 1:
+        raise ValueError("--t must be at least 1")
+    captions = ok_captions(args.out)
+
+    def work() -> int:
+        built = build_metadata(captions, cfg, args.out)
+        counts = built["counts"]
+        print(f"{'captions':>9}  {'side':<5} entry")
+        for i in np.argsort(-counts, kind="stable")[:args.top]:
+            side = "head" if counts[i] > args.t else "tail" if counts[i] else "-"
+            print(f"{counts[i]:>9}  {side:<5} {built['entries'][i]}")
+        split = head_tail(counts, built["rows"], built["matched"], args.t, len(captions))
+        print(json.dumps({**split, "entries_file": str(args.out / ENTRIES)}))
+        return 0
+    return work
+
+
 def _cmd_report(args) -> Work:
     from curate.report.build import write_report
 
@@ -343,7 +400,7 @@ def _cmd_eval(args) -> Work:
 
 COMMANDS = {"run": _cmd_run, "synth": _cmd_synth, "download": _cmd_download, "train": _cmd_train,
             "compare": _cmd_compare,
-            "eval": _cmd_eval, "report": _cmd_report, "status": _cmd_status,
+            "eval": _cmd_eval, "report": _cmd_report, "status": _cmd_status, "metadata": _cmd_metadata,
             **{stage: _cmd_stage for stage in STAGE_COMMANDS}}
 
 

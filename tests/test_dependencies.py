@@ -100,7 +100,7 @@ def test_datasketch_optimal_param_still_returns_bands_and_rows():
                "curate/minhash.py")
 
 
-def test_an_installed_wheel_carries_the_model_configs(tmp_path):
+def test_an_installed_wheel_carries_the_model_configs_and_recipes(tmp_path):
     """Build the wheel from a copy of the sources, install it alone into a folder and load a model config
     from there, far from the repository's configs/models."""
     import shutil
@@ -116,6 +116,8 @@ def test_an_installed_wheel_carries_the_model_configs(tmp_path):
     wheel = next((tmp_path / "dist").glob("*.whl"))
     shipped = sorted(n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("train/model_configs/"))
     assert shipped == sorted(f"train/model_configs/{p.name}" for p in (ROOT / "configs" / "models").glob("*.json"))
+    recipes = sorted(n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("curate/recipes/"))
+    assert recipes == sorted(f"curate/recipes/{p.name}" for p in (ROOT / "configs" / "recipes").glob("*.yaml"))
 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site),
