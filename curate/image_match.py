@@ -5,14 +5,14 @@ grayscale, blurred or watermarked) matches its original once the two are aligned
 frame, the same figure in another skin tone or another flag of the same layout does not.
 
 Each pair is aligned first: a window of one image (each edge moved in by up to 20%, off-centre too) against the
-whole of the other, in both directions, searched on a coarse grid at 8 px and refined twice at 16 px. Two tests then
-decide, and both must pass:
+whole of the other, in both directions, searched on a coarse grid at 8 px and refined twice at 16 px. Two tests
+then decide, and both must pass:
 - shape: the correlation of the aligned luminance, mean removed and edges stressed (each pixel less
   `EDGE_WEIGHT` times its 3 x 3 neighbourhood mean), so grayscale, brightness and a shared background say
   nothing, and a glyph drawn elsewhere in the frame does not overlap its lookalike's outline;
-- colour: the aligned images' mean colours over a 4 x 4 grid of cells (a thin border left out), after one brightness factor for the
-  whole picture (between `BRIGHTNESS`), must nowhere differ by more than `colour_max` levels (of 255); a
-  grayscale copy is compared by luminance. A skin tone, a flag's colours or a heart's colour moves some cell's
+- colour: the aligned images' mean colours over a 4 x 4 grid of cells (a thin border left out), after one
+  brightness factor for the whole picture (between `BRIGHTNESS`), must nowhere differ by more than `colour_max`
+  levels (of 255); a grayscale copy is compared by luminance. A skin tone, a flag's colours or a heart's colour moves some cell's
   mean far more than any edit of a copy does.
 
 Thumbnails are `THUMB_PX` square RGB (12 KB a row, kept for rows that were in some candidate pair)."""
@@ -113,6 +113,7 @@ def shape_signal(x: torch.Tensor) -> torch.Tensor:
 
 
 def luma(rgb: torch.Tensor, dim: int) -> torch.Tensor:
+    """Luminance of RGB along `dim` (which goes away)."""
     return torch.tensordot(rgb.movedim(dim, -1), torch.tensor(LUMA), dims=1)
 
 
@@ -196,9 +197,7 @@ def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minim
         pairs = close[lo:lo + 1024]
         mine = torch.where(flipped[pairs], torch.as_tensor(second)[pairs], torch.as_tensor(first)[pairs])
         other = torch.where(flipped[pairs], torch.as_tensor(first)[pairs], torch.as_tensor(second)[pairs])
-        k = len(GRID)
-        start = torch.cat([cuts[window[pairs] // k], cuts[window[pairs] % k]], 1)
-        edges = start
+        edges = torch.cat([cuts[window[pairs] // len(GRID)], cuts[window[pairs] % len(GRID)]], 1)
         for step in REFINE_STEPS:
             sim, edges = _refine(lum32, mine, other, edges, step)
         gap = _colour_gap(rgb32, mine, other, edges)
