@@ -258,3 +258,48 @@ def test_report_and_status_explain_themselves(command, capsys):
 def test_status_of_a_missing_directory_is_a_clear_error(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_recipes_section_on_a_hand_made_run(tmp_path):
+    """Seven scored rows and a balance subset at t = 2; sizes, clean shares and entry counts worked out by hand."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    run = tmp_path / "run"
+    for folder in ("synth", "download/_input", "metadata", "tier/subsets"):
+        (run / folder).mkdir(parents=True)
+    u = [f"{i:032x}" for i in range(8)]
+    pq.write_table(pa.table({"uid": u, "gt_noise": ["clean", "clean", "mismatched_caption", "clean", "clean",
+                                                    "boilerplate_caption", "clean", "broken_http_404"]}),
+                   run / "synth" / "pool.parquet")
+    part = pa.table({"uid": u, "status": ["ok"] * 7 + ["http_error"],
+                     "caption": ["a cat", "a cat", "A Cat!", "a cat on a mat", "a dog", "a dog", "a bird", "a cat"]})
+    for folder in ("download/_input", "download"):
+        pq.write_table(part, run / folder / "part-00000.parquet")
+    (run / "metadata" / "entries.txt").write_text("cat\ndog\nfish\n")  # pool counts (ok rows): cat 4, dog 2, fish 0
+    for name, picked in (("metaclip", [0, 3, 4, 5]), ("dc_no_filter", range(7)), ("top", [0])):
+        pq.write_table(pa.table({"uid": [u[i] for i in picked]}), run / "tier" / "subsets" / f"{name}.parquet")
+    balance = {"kind": "balance", "entries": "metadata/entries.txt", "t": 2}
+    tier = {"recipes": ["datacomp_baselines", "metaclip"], "standard_fractions": [],
+            "subsets": [{"name": "metaclip", "rules": [balance]}]}
+    config = run / "config.resolved.yaml"
+    config.write_text(yaml.safe_dump({"stages": ["synth", "download", "tier"], "tier": tier}))
+
+    page = write_report(run).read_text()
+    assert 'class="error"' not in page and '<a href="#recipes">Recipes</a>' in page
+    section = page[page.index('id="recipes"'):page.index('id="galleries"')]
+    sizes, counts = section.split("<h3>balance")
+    rows = _table_rows(sizes)
+    assert "top" not in rows and "dc_basic" in sizes  # not a recipe subset; a recipe subset the tier has not written
+    assert rows["metaclip"] == ["metaclip", "balance", "4", "75.0%", "60.0%"]  # 3 of 4 clean; 3 of the 5 clean rows
+    assert rows["dc_no_filter"] == ["datacomp_baselines", "none", "7", "71.4%", "100.0%"]
+    # entries 3, in the pool 2 (fish: none), head 1 (cat: 4 > t), most matches 4 before and 2 after (cat and dog)
+    assert _table_rows(counts)["metaclip"] == ["metadata/entries.txt", "2", "3", "2", "1", "4", "2"]
+    assert counts.count("<img") == 1
+
+    tier.pop("recipes")
+    tier["subsets"][0]["rules"] = [{"kind": "caption_words", "min_words": 2}]
+    config.write_text(yaml.safe_dump({"stages": ["synth", "download", "tier"], "tier": tier}))
+    page = write_report(run).read_text()
+    assert 'id="recipes"' not in page and 'class="error"' not in page

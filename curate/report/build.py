@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 
 from curate.io import atomic_write_bytes
-from curate.report import duplicates, funnel, galleries, tiers, training, truth
+from curate.report import duplicates, funnel, galleries, recipes, tiers, training, truth
 from curate.report.html import Section, esc, page, table
 from curate.report.runfiles import read_gt
 from curate.report.status import run_status
@@ -35,8 +35,9 @@ def _provenance(run_dir: Path) -> str:
     return "; ".join(heads)
 
 
-def _safe(key: str, title: str, build) -> Section:
-    """Render one section; an error in it is shown on the page (and logged) instead of losing the others."""
+def _safe(key: str, title: str, build) -> Section | None:
+    """Render one section; an error in it is shown on the page (and logged) instead of losing the others.
+    A build that returns None means the run has no such section."""
     start = time.time()
     try:
         body = build()
@@ -44,7 +45,7 @@ def _safe(key: str, title: str, build) -> Section:
         log.error("report section %s failed:\n%s", key, traceback.format_exc())
         body = f'<p class="error">This section failed: {esc(type(err).__name__)}: {esc(err)}</p>'
     log.debug("report section %s: %.2fs", key, time.time() - start)
-    return Section(key, title, body)
+    return None if body is None else Section(key, title, body)
 
 
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
@@ -60,6 +61,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         _safe("status", "Stages", lambda: _status_section(run_dir)),
         _safe("funnel", "Funnel", lambda: funnel.render(run_dir)),
         _safe("scores", "Scores per tier", lambda: tiers.render(view)),
+        _safe("recipes", "Recipes", lambda: recipes.render(run_dir, gt)),
         _safe("galleries", "Galleries", lambda: galleries.render(run_dir, view, gt)),
         _safe("duplicates", "Duplicate groups", lambda: duplicates.render(run_dir, gt)),
         _safe("truth", "Against ground truth", lambda: truth.render(run_dir, gt, view)),
@@ -68,7 +70,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     ]
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     html = page(f"curate report: {run_dir.resolve().name}", f"{run_dir.resolve()} · {_provenance(run_dir)} · "
-                f"rendered {stamp}", sections)
+                f"rendered {stamp}", [s for s in sections if s])
     atomic_write_bytes(out, html.encode("utf-8"))
     log.info("report: %s (%.1f MB, %.1fs)", out, len(html) / 1e6, time.time() - start)
     return out

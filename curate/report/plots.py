@@ -95,3 +95,23 @@ def intervals(panels: dict[str, list[tuple[str, float, float, float, int]]]) -> 
         ax.tick_params(axis="x", labelsize=8)
         ax.grid(axis="x", alpha=0.3)
     return to_data_uri(fig)
+
+
+def entry_counts(panels: dict[str, tuple[np.ndarray, np.ndarray, int]]) -> str:
+    """One panel per balance rule (matches per entry over the pool, over the subset, t): entries sorted by their
+    pool count, both counts on log axes, t as a dashed line; entries no caption contains are left out."""
+    fig, axes = new_figure(len(panels), cols=2, panel_size=(5.6, 3.2))
+    for ax, (name, (pool, subset, t)) in zip(axes, panels.items()):
+        order = np.argsort(-pool, kind="stable")[:int((pool > 0).sum())]
+        rank = np.arange(1, len(order) + 1)
+        ax.plot(rank, pool[order], color=COLORS[0], linewidth=1.4, label="pool (before)")
+        ax.plot(rank, subset[order], color=COLORS[1], linewidth=1.4, label="subset (after)")
+        ax.axhline(t, color="#222", linestyle="--", linewidth=1.0, label=f"t = {t:,}")
+        ax.set_xscale("log")
+        ax.set_yscale("log", nonpositive="mask")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("entries, by pool count", fontsize=9)
+        ax.set_ylabel("captions containing it", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7, frameon=False)
+    return to_data_uri(fig)
