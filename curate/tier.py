@@ -72,6 +72,10 @@ class TierConfig(BaseModel):
         replaced = {s.name for s in from_recipes}
         return standard + from_recipes + [s for s in self.subsets if s.name not in replaced]
 
+    def all_rules(self) -> list[Rule]:
+        """The base rules, then every subset's own rules."""
+        return [*self.base, *(r for s in self.all_subsets() for r in s.rules)]
+
 
 def _sources(run_dir: Path) -> list[tuple[Path, str | None]]:
     """Per input part, the latest stage output that holds it, and the status its missing rows get."""
@@ -227,7 +231,7 @@ def _in_run(run_dir: Path):
 
 def _files_read(cfg: TierConfig, run_dir: Path) -> list[Path]:
     """Every file the rules and the metadata build read besides the stages' outputs."""
-    rules = [*cfg.base, *(r for s in cfg.all_subsets() for r in s.rules)]
+    rules = cfg.all_rules()
     found = [_in_run(run_dir)(f) for rule in rules for f in rule_files(rule)]
     return sorted(set(found + (list(cfg.metadata.class_names) if cfg.metadata else [])))
 
@@ -270,7 +274,7 @@ def _columns_needed(cfg: TierConfig, run_dir: Path, score: ScoreConfig | None) -
     the files the rules read."""
     names, dedup_names = available_columns(run_dir), _dedup_columns(run_dir)
     score_column = cfg.score_column or next((c for c in names if c.startswith("score_")), None)
-    rules = [*cfg.base, *(r for s in cfg.all_subsets() for r in s.rules)]
+    rules = cfg.all_rules()
     missing = [str(p) for p in _files_read(cfg, run_dir) if not p.is_file()]
     if missing:
         raise TierError(f"tier rules read {missing}, which do not exist (relative paths are inside the run; "
@@ -317,7 +321,7 @@ def run_tier(cfg: TierConfig, run_dir: Path, score: ScoreConfig | None = None) -
     pool = pool.take(pc.sort_indices(pool.column(UID)))  # sorted once: every subset comes out sorted
     uids = pool.column(UID)
     columns = {c: _as_numpy(pool.column(c)) for c in needed}
-    rules = [*cfg.base, *(r for s in cfg.all_subsets() for r in s.rules)]
+    rules = cfg.all_rules()
     if from_dedup or any(isinstance(r, DedupKeep) for r in rules):
         columns.update(_join_dedup(run_dir, uids, from_dedup))
     status = pc.fill_null(pool.column(STATUS), NOT_DOWNLOADED)
