@@ -84,8 +84,8 @@ def main() -> None:
     from curate.decode import decode_rgb
     from curate.score import ScoreConfig, ScorerConfig, ScoreStage, split_torch_threads
     from curate.stage import run_part
-    from train import checkpoint
-    from train.models import create, image_size, tokenizer
+    from curate.models import checkpoint
+    from curate.models.clip import create, image_size, tokenizer
 
     work = Path(tempfile.mkdtemp(prefix="bench-score-"))
     part_path = make_download_part(work, args.n)

@@ -55,7 +55,7 @@ def step_times(names: list[str], model: str, batch: int, repeats: int) -> dict[s
     import torch
 
     from train.config import TrainConfig
-    from train.models import create
+    from curate.models.clip import create
     from train.strategies import make_strategy, plan_phases
     from train.train import adamw
 

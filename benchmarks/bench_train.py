@@ -61,7 +61,7 @@ def run_ours(model: str, shards_dir: Path, samples: int, batch: int, out: Path) 
 def run_open_clip(model: str, shards: list[Path], samples: int, batch: int, out: Path) -> None:
     from open_clip_train.main import main as open_clip_main
 
-    from train.models import register_model_configs
+    from curate.models.clip import register_model_configs
 
     register_model_configs()
     pattern = f"{shards[0].parent}/{{{shards[0].stem}..{shards[-1].stem}}}.tar"

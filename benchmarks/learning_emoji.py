@@ -43,7 +43,7 @@ def main() -> None:
 
     from train.config import TrainConfig
     from train.evaluate import evaluate, evaluate_model
-    from train.models import create
+    from curate.models.clip import create
     from train.train import train
 
     runs = []

@@ -313,7 +313,7 @@ def _cmd_train(args) -> Work:
 
 def _cmd_compare(args) -> Work:
     from pipelines.config import load_config
-    from train.compare import CompareConfig, compare
+    from pipelines.compare import CompareConfig, compare
 
     cfg = load_config(args.config, args.overrides, schema=CompareConfig)
     if cfg.pipeline is not None:

@@ -10,8 +10,8 @@ from curate.scenes import describe, encode, random_scene, render
 from pipelines.config import ConfigError, load_config
 from tests.conftest import EMOJI
 from tests.test_train import _pairs_dir
-from train.compare import LEADING, CompareConfig, compare
-from train.versus import Reference, t_interval, versus_reference
+from pipelines.compare import LEADING, CompareConfig, compare
+from pipelines.versus import Reference, t_interval, versus_reference
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ def test_a_changed_config_reruns_exactly_the_cells_it_changes(eval_pairs, tmp_pa
 
 
 def test_a_cell_fingerprint_follows_what_decides_its_result(eval_pairs, tmp_path):
-    from train.compare import Cell, eval_identity, training_fingerprint
+    from pipelines.compare import Cell, eval_identity, training_fingerprint
 
     shards = _shards(tmp_path / "shards" / "big", 16, seed=1)
     cell, strategy = Cell("big", "clip", "tiny-vit-32", 0, "one_pass"), {"name": "clip"}

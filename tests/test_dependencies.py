@@ -18,16 +18,16 @@ OURS = ("curate", "train", "pipelines")
 # (distribution, module, name, where we use it): names that are private (a leading `_`) or live in a
 # module that is not the package's public surface, so a new version may move them without notice.
 BORROWED = [
-    ("open_clip_torch", "open_clip.tokenizer", "_clean_lower", "train/fast_tokenizer.py"),
-    ("open_clip_torch", "open_clip.tokenizer", "_clean_whitespace", "train/fast_tokenizer.py"),
-    ("open_clip_torch", "open_clip.tokenizer", "_clean_canonicalize", "train/fast_tokenizer.py"),
-    ("open_clip_torch", "open_clip.tokenizer", "whitespace_clean", "train/fast_tokenizer.py"),
-    ("open_clip_torch", "open_clip.tokenizer", "canonicalize_text", "train/fast_tokenizer.py"),
-    ("open_clip_torch", "open_clip.tokenizer", "SimpleTokenizer", "train/fast_tokenizer.py"),
+    ("open_clip_torch", "open_clip.tokenizer", "_clean_lower", "curate/models/fast_tokenizer.py"),
+    ("open_clip_torch", "open_clip.tokenizer", "_clean_whitespace", "curate/models/fast_tokenizer.py"),
+    ("open_clip_torch", "open_clip.tokenizer", "_clean_canonicalize", "curate/models/fast_tokenizer.py"),
+    ("open_clip_torch", "open_clip.tokenizer", "whitespace_clean", "curate/models/fast_tokenizer.py"),
+    ("open_clip_torch", "open_clip.tokenizer", "canonicalize_text", "curate/models/fast_tokenizer.py"),
+    ("open_clip_torch", "open_clip.tokenizer", "SimpleTokenizer", "curate/models/fast_tokenizer.py"),
     ("open_clip_torch", "open_clip.transformer", "PatchDropout", "train/strategies.py"),
     ("open_clip_torch", "open_clip.transformer", "VisionTransformer", "train/strategies.py"),
     ("datasketch", "datasketch.lsh", "_optimal_param", "curate/minhash.py"),
-    ("timm", "timm.models.mlp_mixer", "MlpMixer", "train/models.py"),
+    ("timm", "timm.models.mlp_mixer", "MlpMixer", "curate/models/clip.py"),
 ]
 
 
@@ -86,9 +86,9 @@ def test_the_tokenizer_internals_the_fast_path_reads_are_there():
     tok = oc.SimpleTokenizer()
     for attribute in ("byte_encoder", "encoder", "bpe", "pat", "clean_fn"):
         if not hasattr(tok, attribute):
-            pytest.fail(_moved("open_clip_torch", f"SimpleTokenizer.{attribute}", "train/fast_tokenizer.py"))
+            pytest.fail(_moved("open_clip_torch", f"SimpleTokenizer.{attribute}", "curate/models/fast_tokenizer.py"))
     if tok.clean_fn is not oc._clean_lower:
-        pytest.fail(_moved("open_clip_torch", "_clean_lower as the default clean_fn", "train/fast_tokenizer.py"))
+        pytest.fail(_moved("open_clip_torch", "_clean_lower as the default clean_fn", "curate/models/fast_tokenizer.py"))
 
 
 def test_datasketch_optimal_param_still_returns_bands_and_rows():
@@ -114,15 +114,15 @@ def test_an_installed_wheel_carries_the_model_configs_and_recipes(tmp_path):
              "-w", str(tmp_path / "dist"), str(src)]
     subprocess.run(build, check=True, capture_output=True, timeout=300)
     wheel = next((tmp_path / "dist").glob("*.whl"))
-    shipped = sorted(n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("train/model_configs/"))
-    assert shipped == sorted(f"train/model_configs/{p.name}" for p in (ROOT / "configs" / "models").glob("*.json"))
+    shipped = sorted(n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("curate/models/configs/"))
+    assert shipped == sorted(f"curate/models/configs/{p.name}" for p in (ROOT / "configs" / "models").glob("*.json"))
     recipes = sorted(n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("curate/recipes/"))
     assert recipes == sorted(f"curate/recipes/{p.name}" for p in (ROOT / "configs" / "recipes").glob("*.yaml"))
 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site),
                     str(wheel)], check=True, capture_output=True, timeout=300)
-    probe = ("from train.models import MODEL_CONFIG_DIR, model_config; "
+    probe = ("from curate.models.clip import MODEL_CONFIG_DIR, model_config; "
              "print(MODEL_CONFIG_DIR); print(model_config('tiny-vit-32')['embed_dim'])")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
                           cwd=tmp_path, env={"PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "PATH": ""})

@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from train.fast_tokenizer import FastEncode, plain_ascii
-from train.models import register_model_configs, tokenizer
+from curate.models.fast_tokenizer import FastEncode, plain_ascii
+from curate.models.clip import register_model_configs, tokenizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 AWKWARD = [

@@ -194,8 +194,8 @@ def _pipeline_root(root: Path, template: str, model: str) -> Path:
     import torch
 
     from pipelines.config import load_config
-    from train import checkpoint
-    from train.models import create
+    from curate.models import checkpoint
+    from curate.models.clip import create
 
     torch.manual_seed(0)
     checkpoint.save(root / "model.pt", create(model), None, 0, model, {})

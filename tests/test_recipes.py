@@ -16,7 +16,7 @@ from curate.tier_rules import (Balance, CaptionWords, ImageSize, Language, Neare
                                TextMatch, evaluate, recipe_subsets)
 from pipelines.cli import main
 from pipelines.config import load_config
-from train.compare import CompareConfig
+from pipelines.compare import CompareConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -211,8 +211,8 @@ def test_recipes_run_through_the_tier_stage_with_the_scorer_embedding_the_target
     from PIL import Image
 
     from curate.score import ScoreConfig, ScorerConfig, ScoreStage
-    from train import checkpoint
-    from train.models import create
+    from curate.models import checkpoint
+    from curate.models.clip import create
 
     run = tmp_path / "run"
     torch.manual_seed(0)

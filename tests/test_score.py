@@ -22,8 +22,8 @@ from tests.conftest import fast_download, read_parts
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     """A random-init tiny ViT saved as a `curate train` checkpoint (the same weights in every process)."""
-    from train import checkpoint
-    from train.models import create
+    from curate.models import checkpoint
+    from curate.models.clip import create
 
     torch.manual_seed(0)
     model = create("tiny-vit-32")
@@ -87,7 +87,7 @@ def test_odd_images_score_and_undecodable_ones_get_a_status(tmp_path, saved_mode
 
 
 def test_a_local_checkpoint_scores_like_the_in_memory_model(small_pool, tmp_path, saved_model):
-    from train.models import tokenizer
+    from curate.models.clip import tokenizer
     import open_clip
 
     run_download(fast_download(input=small_pool / "pool.parquet"), tmp_path, LocalRunner(), small_pool)

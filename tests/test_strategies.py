@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from tests.test_train import _cfg, _pairs_dir
-from train import checkpoint
+from curate.models import checkpoint
 from train.config import TrainConfig
 from train.evaluate import evaluate
-from train.models import create, tokenizer
+from curate.models.clip import create, tokenizer
 from train.strategies import Phase, ShortText, make_strategy, nt_xent, plan_phases
 from train.train import cosine_lr, train
 

@@ -24,8 +24,8 @@ BASE = [DedupKeep(), Equals(column="caption_boilerplate", value=False)]
 @pytest.fixture(scope="module")
 def scored_run(small_pool, tmp_path_factory):
     """Download, score (random-init tiny ViT) and dedup the 240-row pool once for the module."""
-    from train import checkpoint
-    from train.models import create
+    from curate.models import checkpoint
+    from curate.models.clip import create
 
     run = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
@@ -186,7 +186,7 @@ def test_open_clip_trainer_and_ours_consume_the_shards(scored_run, tmp_path):
     shard_dir = run / "shards" / "top100"
     manifest = json.loads((shard_dir / "manifest.json").read_text())
     last = manifest["shards"][-1]["name"].removesuffix(".tar")
-    script = ("import sys; from train.models import register_model_configs; register_model_configs(); "
+    script = ("import sys; from curate.models.clip import register_model_configs; register_model_configs(); "
               "from open_clip_train.main import main; main(sys.argv[1:])")
     argv = ["--train-data", f"{shard_dir}/{{00000..{last}}}.tar", "--dataset-type", "webdataset",
             "--train-num-samples", str(manifest["samples"]), "--batch-size", "16", "--model", "tiny-vit-32",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from curate.scenes import encode, random_scene, render, describe
-from train import checkpoint
+from curate.models import checkpoint
 from train.config import TrainConfig
 from train.evaluate import evaluate, linear_probe, retrieval
 from train.train import cosine_lr, train
@@ -175,7 +175,7 @@ def test_eval_json_shape_checkpoint_checks_and_missing_columns(tmp_path):
 
 
 def test_checkpoint_loads_as_an_open_clip_pretrained_file(tmp_path):
-    from train.models import create
+    from curate.models.clip import create
 
     pairs = _pairs_dir(tmp_path / "pairs", n=16)
     train(_cfg({"pairs": str(pairs)}, samples_seen=16), tmp_path / "run")

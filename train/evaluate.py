@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from train.checkpoint import load_model
-from train.models import image_size, tokenizer
+from curate.models.checkpoint import load_model
+from curate.models.clip import image_size, tokenizer
 
 TEMPLATES = ("a photo of {}.", "an icon of {}.", "an emoji of {}.", "a picture of a {}.", "{}")
 PROBE_TEST_SHARE = 0.2

@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 
 from train.augment import MultiView, augment_transform, clip_transform, simclr_transform
 from train.config import TrainConfig
-from train.models import image_size, model_config, tokenizer
+from curate.models.clip import image_size, model_config, tokenizer
 
 # Dropped first by CLIPA's `content_words` text policy: what is left is mostly nouns and adjectives.
 FUNCTION_WORDS = frozenset(

@@ -1,6 +1,6 @@
 """Models: open_clip architectures from `configs/models/*.json`, random init or a local checkpoint.
 
-The JSON files ship inside this package (`train/model_configs/`, package data), so an installed `curate`
+The JSON files ship inside this package (`curate/models/configs/`, package data), so an installed `curate`
 finds them anywhere; `configs/models` in the repository is a link to that folder."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import open_clip
 import torch
 
-MODEL_CONFIG_DIR = Path(str(resources.files("train") / "model_configs"))
+MODEL_CONFIG_DIR = Path(str(resources.files("curate.models") / "configs"))
 _registered = False
 
 
@@ -62,7 +62,7 @@ def create(name: str, pretrained: str | None = None, device: str = "cpu") -> tor
 
 def tokenizer(name: str):
     """open_clip's tokenizer for this model, with the identical-output fast path of `fast_tokenizer`."""
-    from train.fast_tokenizer import accelerate
+    from curate.models.fast_tokenizer import accelerate
 
     register_model_configs()
     return accelerate(open_clip.get_tokenizer(name))

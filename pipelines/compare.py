@@ -3,7 +3,7 @@ regimes (every subset gets the same samples seen; or each subset is seen once), 
 the config's eval sets, and tabulate results with 95% intervals over seeds.
 
 DIR/results.csv has one row per cell, DIR/summary.csv one row per (subset, strategy, model, regime), and
-with a `reference:` cell DIR/versus_reference.csv each cell's paired difference from it (train/versus.py).
+with a `reference:` cell DIR/versus_reference.csv each cell's paired difference from it (pipelines/versus.py).
 A cell's row lives in DIR/train/<cell>/result.json with the cell's fingerprint: a hash of everything that
 decides its result (the subset's shards, the train config, the eval sets). A finished cell whose
 fingerprint still holds is never trained again; a changed cell runs again (its checkpoint is kept when
@@ -28,8 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from curate.io import atomic_write_bytes, atomic_write_json, fingerprint, read_json
 from pipelines.config import PipelineConfig
+from pipelines.run import run_pipeline
+from pipelines.versus import VERSUS, Reference, t_interval, versus_reference
 from train.config import ClipStrategy, Strategy, TrainConfig
-from train.versus import VERSUS, Reference, t_interval, versus_reference
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +283,6 @@ def compare(cfg: CompareConfig, out_dir: Path) -> list[dict]:
     result rows."""
     out_dir = Path(out_dir).resolve()  # the same cells whether DIR is given relative or absolute
     if cfg.pipeline is not None:
-        from pipelines.run import run_pipeline
-
         run_pipeline(cfg.pipeline, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

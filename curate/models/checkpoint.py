@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from train.models import create, model_config
+from curate.models.clip import create, model_config
 
 
 def plain_state_dict(model) -> dict:

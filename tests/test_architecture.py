@@ -1,0 +1,11 @@
+"""The import direction (pipelines -> train -> curate; only pipelines knows Ray), kept by import-linter's
+contracts in pyproject.toml. Lazy imports inside functions count."""
+from pathlib import Path
+
+from importlinter.cli import lint_imports
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_imports_flow_one_way():
+    assert lint_imports(str(ROOT / "pyproject.toml")) == 0, "an import breaks the direction (see the report above)"
