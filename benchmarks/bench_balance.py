@@ -8,7 +8,7 @@ no punctuation, so both sides' text normalisations leave them as they are), and 
 entries in MetaCLIP's proportions (its 500k: about half single words, a fifth bigrams, the rest WordNet
 names and Wikipedia titles): the 250k most frequent words of the vocabulary, then 200k bigrams and 50k runs
 of 3-6 words drawn at random among the distinct ones in the first 200k captions, in random order.
-Ours (`curate/entries.py`, what the `balance` and `text_match` tier rules run): per chunk of 1M captions,
+Ours (`curate/tier/entries.py`, what the `balance` and `text_match` tier rules run): per chunk of 1M captions,
 one Arrow hash join of the captions' words against the one-word entries and one of their word pairs against
 the two-word entries, and one Aho-Corasick automaton over the longer space-padded entries run once over the
 chunk joined into one string; then counts, the per-pair draws and the per-caption decision in numpy. Building
@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import alternate, emit, median_range  # noqa: E402
-from curate.entries import EntryMatcher, balance, entry_counts  # noqa: E402
+from curate.tier.entries import EntryMatcher, balance, entry_counts  # noqa: E402
 
 log = logging.getLogger("bench_balance")
 VOCAB = 300_000

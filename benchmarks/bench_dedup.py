@@ -110,7 +110,7 @@ def verified(sets: list[set[str]], keys: list[int], candidates, threshold: float
 def datasketch_loop(captions: list[str], threshold: float, num_perm: int, n_gram: int):
     from datasketch import MinHash, MinHashLSH
 
-    from curate.minhash import shingles
+    from curate.dedup.minhash import shingles
 
     sets = [shingles(c, "word", n_gram) for c in captions]
     keys = [i for i, s in enumerate(sets) if s]
@@ -129,7 +129,7 @@ def datasketch_bulk(captions: list[str], threshold: float, num_perm: int, n_gram
     import xxhash
     from datasketch import MinHash, MinHashLSH
 
-    from curate.minhash import shingles
+    from curate.dedup.minhash import shingles
 
     sets = [shingles(c, "word", n_gram) for c in captions]
     keys = [i for i, s in enumerate(sets) if s]
@@ -157,7 +157,7 @@ def rensa_bands(threshold: float, num_perm: int) -> int:
 def rensa_lsh(captions: list[str], threshold: float, num_perm: int, n_gram: int):
     from rensa import RMinHash, RMinHashLSH
 
-    from curate.minhash import shingles
+    from curate.dedup.minhash import shingles
 
     sets = [shingles(c, "word", n_gram) for c in captions]
     keys = [i for i, s in enumerate(sets) if s]
@@ -168,7 +168,7 @@ def rensa_lsh(captions: list[str], threshold: float, num_perm: int, n_gram: int)
 
 
 def bench_captions(n: int, threshold: float, num_perm: int, n_gram: int, rounds: int) -> dict:
-    from curate.minhash import near_duplicate_captions
+    from curate.dedup.minhash import near_duplicate_captions
 
     captions = make_captions(n)
     sides = {"ours": lambda r: near_duplicate_captions(captions, threshold, num_perm, "word", n_gram),
@@ -206,7 +206,7 @@ def bench_captions(n: int, threshold: float, num_perm: int, n_gram: int, rounds:
 
 
 def bench_images(n: int, dim: int, eps: float, sample: int, cluster_size: int) -> dict:
-    from curate.semdedup import near_duplicate_images
+    from curate.dedup.semdedup import near_duplicate_images
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, dim), dtype=np.float32)

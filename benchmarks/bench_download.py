@@ -42,9 +42,8 @@ def run_img2dataset(pool: Path, out: Path, args) -> int:
 
 def run_ours(pool: Path, out: Path, args, ray_init_s: list[float]) -> int:
     """Our stage on a Ray runner started and stopped here; returns the rows downloaded ok."""
-    from curate.download import DownloadConfig
+    from curate.download.download import DownloadConfig, run_download
     from pipelines.ray_runner import RayRunner
-    from pipelines.run import run_download
 
     runner = RayRunner(num_cpus=args.workers)
     try:
@@ -69,7 +68,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    from curate.synth import NoiseConfig, SynthConfig, synthesize
+    from curate.synthetic.synth import NoiseConfig, SynthConfig, synthesize
 
     work = Path(tempfile.mkdtemp(prefix="bench-download-"))
     pool = work / "pool" / "pool.parquet"

@@ -40,7 +40,7 @@ def make_download_part(root: Path, n: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from curate.scenes import describe, encode, random_scene, render
+    from curate.synthetic.scenes import describe, encode, random_scene, render
 
     rng = np.random.default_rng(0)
     (root / "download" / "shards").mkdir(parents=True)
@@ -80,12 +80,12 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from curate.io import Part
     from curate.decode import decode_rgb
-    from curate.score import ScoreConfig, ScorerConfig, ScoreStage, split_torch_threads
-    from curate.stage import run_part
+    from curate.io import Part
     from curate.models import checkpoint
     from curate.models.clip import create, image_size, tokenizer
+    from curate.score.score import ScoreConfig, ScorerConfig, ScoreStage, split_torch_threads
+    from curate.stage import run_part
 
     work = Path(tempfile.mkdtemp(prefix="bench-score-"))
     part_path = make_download_part(work, args.n)

@@ -118,8 +118,7 @@ def read_all(root: Path) -> None:
 
 
 def shard(root: Path, n: int) -> None:
-    from curate.shard import ShardConfig
-    from pipelines.run import run_shard
+    from curate.shard import ShardConfig, run_shard
     from pipelines.runners import LocalRunner
 
     stats = run_shard(ShardConfig(samples_per_shard=1000), root, LocalRunner())
@@ -138,7 +137,7 @@ def copy(root: Path) -> None:
 def time_shard_and_copy(root: Path, n: int, rounds: int) -> dict[str, list[float]]:
     """Seconds of shard and copy, cold and warm, round by round, after the tier stage and one untimed run
     of each (imports, first calls)."""
-    from curate.tier import TierConfig, run_tier
+    from curate.tier.tier import TierConfig, run_tier
 
     run_tier(TierConfig(standard_fractions=[1.0]), root)
     shard(root, n)
@@ -183,8 +182,8 @@ def make_score_table(root: Path, rows: int) -> None:
 
 def tier_child(root: Path) -> None:
     """Run in a child process: tier the table and print the wall seconds."""
-    from curate.tier import TierConfig, run_tier
-    from curate.tier_rules import DedupKeep, Equals, Threshold
+    from curate.tier.tier import TierConfig, run_tier
+    from curate.tier.tier_rules import DedupKeep, Equals, Threshold
 
     start = time.perf_counter()
     counts = run_tier(TierConfig(base=[DedupKeep(), Equals(column="caption_boilerplate", value=False),

@@ -39,7 +39,7 @@ STRATEGIES = {
 
 
 def run(strategy: dict, model: str, shards: Path, samples: int, batch: int, workers: int, out: Path) -> float:
-    from train.config import TrainConfig
+    from curate.models.train_config import TrainConfig
     from train.train import train
 
     cfg = TrainConfig.model_validate({
@@ -54,8 +54,8 @@ def step_times(names: list[str], model: str, batch: int, repeats: int) -> dict[s
 
     import torch
 
-    from train.config import TrainConfig
     from curate.models.clip import create
+    from curate.models.train_config import TrainConfig
     from train.strategies import make_strategy, plan_phases
     from train.train import adamw
 

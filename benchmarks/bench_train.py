@@ -49,7 +49,7 @@ def write_shards(out: Path, per_shard: int = 1000) -> list[Path]:
 
 
 def run_ours(model: str, shards_dir: Path, samples: int, batch: int, out: Path) -> None:
-    from train.config import TrainConfig
+    from curate.models.train_config import TrainConfig
     from train.train import train
 
     cfg = TrainConfig.model_validate({"model": model, "samples_seen": samples, "batch_size": batch,

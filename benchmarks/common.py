@@ -91,7 +91,7 @@ class PeakRSS:
 
 
 def _serve(root: str, host: str, port: int, hang_s: float, ready) -> None:
-    from curate.serve import PoolServer
+    from curate.synthetic.serve import PoolServer
 
     with PoolServer(Path(root), host, port, hang_s):
         ready.set()
@@ -100,7 +100,7 @@ def _serve(root: str, host: str, port: int, hang_s: float, ready) -> None:
 
 def serve_in_subprocess(synth_dir: Path) -> multiprocessing.Process:
     """Serve a synth pool from another process, so the server does not share a GIL with the client."""
-    from curate.synth import serve_settings
+    from curate.synthetic.synth import serve_settings
 
     s = serve_settings(synth_dir)
     ctx = multiprocessing.get_context("spawn")

@@ -41,9 +41,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    from train.config import TrainConfig
-    from train.evaluate import evaluate, evaluate_model
     from curate.models.clip import create
+    from curate.models.train_config import TrainConfig
+    from train.evaluate import evaluate, evaluate_model
     from train.train import train
 
     runs = []

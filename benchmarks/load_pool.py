@@ -105,8 +105,8 @@ def make_meta_run(root: Path, rows: int, tars: int = 100) -> None:
 def meta_child(root: Path) -> None:
     """In a child process: tier, then plan every subset's shards; writes the timings to ROOT/timings.json."""
     from curate.shard import ShardConfig, known_subsets, plan_subset, read_sources
-    from curate.tier import TierConfig, run_tier
-    from curate.tier_rules import DedupKeep
+    from curate.tier.tier import TierConfig, run_tier
+    from curate.tier.tier_rules import DedupKeep
 
     start = time.perf_counter()
     counts = run_tier(TierConfig(base=[DedupKeep()], holdout_fraction=0.01), root)

@@ -43,7 +43,7 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from curate.io import read_json
-    from curate.quality import dedup_quality, natural_structure
+    from curate.synthetic.quality import dedup_quality, natural_structure
 
     pools = {}
     for run in args.run or [Path("runs/demo")]:

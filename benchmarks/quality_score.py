@@ -40,7 +40,7 @@ def emoji_seed_pairs(pool_path: Path, out: Path) -> Path:
 
 
 def run(name: str, overrides: list[str], work: Path, seed_from_pool: bool) -> dict:
-    from curate.quality import score_auc
+    from curate.synthetic.quality import score_auc
     from pipelines.config import load_config
     from pipelines.run import run_pipeline
 

@@ -57,6 +57,15 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_json_if(path: Path) -> Any:
+    """The file's JSON, or None when it does not exist yet."""
+    return read_json(path) if Path(path).exists() else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def fingerprint(*items: Any) -> str:
     """A short stable hash of JSON-able items (configs, uid lists, file lists)."""
     h = hashlib.sha256()

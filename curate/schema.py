@@ -47,6 +47,14 @@ class Status:
         return tuple(v for k, v in vars(cls).items() if k.isupper())
 
 
+# Counts and reasons beside the row statuses (stats.json, dup.parquet, tier drops).
+PENDING = "pending"  # stats.json: rows of parts that failed for good, still to do
+KEPT = "kept"  # dedup: the row stays
+NOT_SCORED = "not_scored"  # dedup and tier: downloaded, but its part has no score output
+NOT_DOWNLOADED = "not_downloaded"  # tier: its part has no download output (a failed part)
+HOLDOUT = "holdout"  # tier: held out of every subset (an eval split)
+
+
 def make_uid(url: str | bytes, caption: str | bytes) -> str:
     """First 16 bytes of sha256(url + 0x1f + caption), as 32 hex chars."""
     url_b = url.encode("utf-8", "surrogateescape") if isinstance(url, str) else url

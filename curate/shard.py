@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -22,10 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curate.io import Part, atomic_write_json, atomic_write_parquet, fingerprint, part_name, read_json
 from curate.schema import CAPTION, STATUS, UID
-from curate.stage import MapStage, Resources
-from curate.tars import index_tar
-from curate.tier import available_columns, read_pool
-from curate.tier_rules import SUBSET_NAME
+from curate.stage import ConfigError, MapStage, PartsFailed, Resources, RunContext, Step, status_row
+from curate.tars import MemberReader, index_tar, shard_path
+from curate.tier.tier import available_columns, read_pool
+from curate.tier.tier_rules import SUBSET_NAME
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def plan_subset(run_dir: Path, subset: str, cfg: ShardConfig, sources: pa.Table,
     pool = pool.take(pa.array(order, pa.int64()))
     src, offsets, sizes, missing = [], [], [], []
     for tar_name, key in zip(pool.column("shard").to_pylist(), pool.column("key").to_pylist()):
-        path = str(run_dir / "download" / tar_name) if tar_name else ""
+        path = str(shard_path(run_dir / "download", tar_name)) if tar_name else ""
         if path and path not in tar_index:
             tar_index[path] = index_tar(Path(path))
         offset, size = tar_index.get(path, {}).get(key, (-1, -1))
@@ -187,20 +188,16 @@ class ShardWriter(MapStage):
     def process_part(self, table: pa.Table, part: Part) -> pa.Table:
         out_path = part.stage_dir.parent / tar_name(part.index)
         tmp = out_path.with_name(f".{out_path.name}.tmp")
-        sources: dict[str, object] = {}
         tar = TarWriter(tmp)
         try:
-            for uid, caption, src, offset, size, meta in zip(*(table.column(c).to_pylist() for c in self.requires)):
-                f = sources.get(src) or sources.setdefault(src, open(src, "rb"))
-                f.seek(offset)
-                image = f.read(size)
-                tar.add(f"{uid}.{image_extension(image)}", image)
-                tar.add(f"{uid}.txt", caption.encode("utf-8"))
-                tar.add(f"{uid}.json", meta.encode())
+            with MemberReader() as sources:
+                for uid, caption, src, offset, size, meta in zip(*(table.column(c).to_pylist() for c in self.requires)):
+                    image = sources.read(src, offset, size)
+                    tar.add(f"{uid}.{image_extension(image)}", image)
+                    tar.add(f"{uid}.txt", caption.encode("utf-8"))
+                    tar.add(f"{uid}.json", meta.encode())
         finally:
             digest = tar.close()
-            for f in sources.values():
-                f.close()
         tmp.replace(out_path)
         n = table.num_rows
         return table.append_column("tar", pa.array([out_path.name] * n)).append_column("tar_sha256", pa.array([digest] * n))
@@ -221,3 +218,57 @@ def finish_subset(run_dir: Path, subset: str, parts: list[Part], plan: dict, cfg
     if not shards:
         log.warning("shard: subset %r is empty; wrote an empty manifest", subset)
     return manifest
+
+
+def run_shard(cfg: ShardConfig, out_dir: Path, runner) -> dict:
+    """Write every requested tier subset as WebDataset shards; a subset whose tars are done is skipped."""
+    run_dir = Path(out_dir).resolve()
+    subsets = cfg.subsets or known_subsets(run_dir)
+    if not subsets:
+        raise ShardError(f"{run_dir}/tier/subsets holds no subsets: run the tier stage first")
+    start, tar_index, sources = time.time(), {}, read_sources(run_dir)
+    manifests, failed = {}, {}
+    for subset in subsets:
+        parts, plan = plan_subset(run_dir, subset, cfg, sources, tar_index)
+        try:
+            runner.map_parts(ShardWriter(), parts)
+        except PartsFailed as err:
+            failed.update({f"{subset}/{name}": error for name, error in err.failed.items()})
+            continue
+        manifests[subset] = finish_subset(run_dir, subset, parts, plan, cfg)
+    stats = {"subsets": {s: m["samples"] for s, m in manifests.items()},
+             "shards": {s: len(m["shards"]) for s, m in manifests.items()},
+             "missing_images": {s: m["missing_images"] for s, m in manifests.items()},
+             "failed_parts": sorted(failed), "wall_s": round(time.time() - start, 2)}
+    atomic_write_json(run_dir / "shards" / "stats.json", stats)
+    if failed:
+        raise PartsFailed("shard", failed)
+    return stats
+
+
+class ShardStep(Step):
+    """`shard`: a part per output tar of each subset; a subset is done once its manifest.json exists."""
+
+    name, directory = "shard", "shards"
+    config = ShardConfig
+    reads = ("tier", "tier/subsets/*.parquet")
+    command = "write tier subsets as WebDataset shards that open_clip's trainer reads (OUT/shards/<subset>)"
+    identity = "per subset: the shard config, its uids and their image offsets (plan.json); per tar: done markers"
+
+    def check(self, cfg, run_dir: Path, stages: list[str]) -> None:
+        if cfg.shard.subsets is None:  # every subset the tier stage makes
+            return
+        known = [s.name for s in cfg.tier.all_subsets()] if "tier" in stages else known_subsets(run_dir)
+        unknown = [s for s in cfg.shard.subsets if s not in known]
+        if unknown:
+            raise ConfigError(f"shard.subsets names {unknown}, which the tier stage does not make (it makes "
+                              f"{known}): change shard.subsets or the tier subsets")
+
+    def run(self, ctx: RunContext) -> dict:
+        return run_shard(ctx.cfg.shard, ctx.run_dir, ctx.runner)
+
+    def status(self, run_dir: Path, part_names: list[str]) -> dict:
+        names = known_subsets(run_dir)
+        done = {n for n in names if (Path(run_dir) / self.directory / n / "manifest.json").exists()}
+        return status_row(self.name, names, done, set())
+

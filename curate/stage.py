@@ -1,5 +1,7 @@
-"""Stage contracts. A MapStage turns each part into a part with the same uids plus its columns;
-a GlobalStage needs every row at once. Runners (local or Ray) call the same code."""
+"""The stage contract. A `Step` is one pipeline stage (name, folder, config, what it reads, when it is done,
+its status row and funnel step, how it runs); `curate/registry.py` lists them in pipeline order. A stage whose
+work splits into parts runs a `MapStage` over them: each part in, a part with the same uids plus its columns
+out, under either runner (local or Ray)."""
 from __future__ import annotations
 
 import logging
@@ -9,12 +11,15 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
-from curate.io import Part, atomic_write_json, file_fingerprint, move_staged, read_column, read_done, write_done
-from curate.schema import STATUS, UID
+from curate.io import (DONE_DIR, Part, atomic_write_json, file_fingerprint, move_staged, read_column, read_done,
+                       read_json_if, write_done)
+from curate.schema import PENDING, STATUS, UID
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,10 @@ class Resources:
     num_gpus: float = 0.0
     batch_size: int = 1024
     actors: int = 0
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and what to change."""
 
 
 class StageOutputError(RuntimeError):
@@ -73,15 +82,6 @@ class MapStage:
         """Whether a part done from the same input and config runs again all the same (the download
         fetches transient failures again)."""
         return False
-
-
-class GlobalStage:
-    """Needs all rows (clustering, quantiles): reads uid-keyed parts, writes artifacts."""
-
-    name: str = "global"
-
-    def run(self, input_paths: list[Path], out_dir: Path) -> dict:
-        raise NotImplementedError
 
 
 def check_output(stage: MapStage, table: pa.Table, out: pa.Table) -> None:
@@ -159,8 +159,137 @@ def write_stage_stats(stage_dir: Path, parts: list[Part], failed: list[str], wal
         by_status[status] = by_status.get(status, 0) + 1
     pending = input_rows - sum(by_status.values())
     if pending:
-        by_status["pending"] = pending
+        by_status[PENDING] = pending
     stats = {"input_rows": input_rows, "by_status": dict(sorted(by_status.items())), "parts": len(parts),
              "failed_parts": failed, "wall_s": round(wall_s, 2), **extra}
     atomic_write_json(Path(stage_dir) / "stats.json", stats)
+    return stats
+
+
+class PartsFailed(RuntimeError):
+    """Some parts of a stage failed for good (after their retries); the others are done."""
+
+    def __init__(self, stage: str, failed: dict[str, str]):
+        self.failed = failed
+        super().__init__(f"stage {stage!r}: {self.summary()}")
+
+    def summary(self) -> str:
+        return f"{len(self.failed)} part(s) failed for good: {', '.join(sorted(self.failed))}"
+
+
+class StageFailed(RuntimeError):
+    """A pipeline stage stopped by `error` (PartsFailed when only some of its parts failed)."""
+
+    def __init__(self, stage: str, error: Exception):
+        self.stage, self.error = stage, error
+        what = error.summary() if isinstance(error, PartsFailed) else f"{type(error).__name__}: {error}"
+        super().__init__(f"stage {stage!r} failed: {what}")
+
+
+@dataclass
+class RunContext:
+    """What a step runs with: the pipeline config (`cfg.<step name>` is its section), the run directory, the
+    runner (`map_parts(stage, parts)`), and what only the orchestration layer has: the trainer
+    (`train(TrainConfig, out_dir)`) and the Ray LSH shuffle (`ray_buckets()` returns the bucket function)."""
+
+    cfg: Any
+    run_dir: Path
+    runner: Any = None
+    train: Callable | None = None
+    ray_buckets: Callable | None = None
+
+
+class Step:
+    """One pipeline stage, in the spirit of datatrove's PipelineStep. It declares its name, its folder in the
+    run directory, its config section, what earlier output it reads, its identity (what decides its output) and
+    whether its stats.json counts rows (a funnel table); it says when its output is done (resume skips it,
+    status counts it) and runs on a RunContext. Register a new step in `curate/registry.py`."""
+
+    name: str = ""
+    directory: str = ""
+    config: type[BaseModel] = BaseModel
+    reads: tuple[str, str] | None = None  # (earlier stage, pattern in the run directory)
+    command: str | None = None  # help of its own `curate NAME --out RUN` command, if it has one
+    counts_rows: bool = False  # stats.json has input_rows and by_status
+    default: bool = False  # in a pipeline config's default `stages`
+    identity: str = ""  # what decides its output, and so when a rerun skips or resumes it
+
+    def needs(self, cfg) -> tuple[str, str] | None:
+        """The earlier stage and output this run of the step reads (`reads` unless the config gives its input)."""
+        return self.reads
+
+    def check(self, cfg, run_dir: Path, stages: list[str]) -> None:
+        """Raise ConfigError or InputError before any stage runs."""
+
+    def run(self, ctx: RunContext) -> dict:
+        raise NotImplementedError
+
+    def done(self, run_dir: Path) -> bool:
+        """Whether its output is complete (the file its last write leaves)."""
+        return False
+
+    def started(self, run_dir: Path) -> bool:
+        """Whether it has begun writing (an unfinished step is then `incomplete`, not `not started`)."""
+        return False
+
+    def detail(self, run_dir: Path) -> str:
+        return ""
+
+    def status(self, run_dir: Path, part_names: list[str]) -> dict:
+        """Its `curate status` row; by default one part, done or not."""
+        done = self.done(run_dir)
+        row = status_row(self.name, [self.name], {self.name} if done else set(), set(), self.detail(run_dir))
+        if not done and self.started(run_dir):
+            row["state"] = "incomplete"
+        return row
+
+    def funnel(self, stats: dict) -> tuple[str, str, int] | None:
+        """Its step in the report's overview funnel: (label, key, rows), from its stats.json."""
+        return None
+
+
+def status_row(stage: str, names: list[str], done: set[str], failed: set[str], detail: str = "") -> dict:
+    """A `curate status` row from part names and the done and failed ones among them."""
+    failed = failed - done
+    n_done, n_failed = len(done & set(names)), len(failed & set(names))
+    pending = len(names) - n_done - n_failed
+    if names and n_done == len(names):
+        state = "done"
+    elif n_failed:
+        state = "failed"
+    elif n_done:
+        state = "incomplete"
+    else:
+        state = "not started"
+    return {"stage": stage, "parts": len(names), "done": n_done, "failed": n_failed, "pending": pending,
+            "state": state, "failed_parts": sorted(failed & set(names)), "detail": detail}
+
+
+def map_status(stage_dir: Path, stage: str, names: list[str]) -> dict:
+    """A map stage's row. A part named failed in stats.json stays failed unless its done marker is newer than
+    that file (a rerun finished it since); an older marker is from an earlier config."""
+    stats_path = stage_dir / "stats.json"
+    stats = read_json_if(stats_path) or {}
+    failed = set(stats.get("failed_parts") or [])
+    stats_time = stats_path.stat().st_mtime if stats else 0.0
+    done = {p.stem for p in (stage_dir / DONE_DIR).glob("part-*.json")
+            if (stage_dir / f"{p.stem}.parquet").exists() and (p.stem not in failed or p.stat().st_mtime > stats_time)}
+    pending_rows = (stats.get("by_status") or {}).get(PENDING, 0)
+    detail = f"{pending_rows:,} rows pending in stats.json" if pending_rows else ""
+    return status_row(stage, names, done, failed, detail)
+
+
+def run_map_stage(stage: MapStage, parts: list[Part], runner, stage_dir: Path, **extra) -> dict:
+    """Run the parts not yet done, then write stats.json; raises PartsFailed (after the stats) when some parts
+    failed for good."""
+    start = time.time()
+    failure: PartsFailed | None = None
+    try:
+        runner.map_parts(stage, parts)
+    except PartsFailed as err:
+        failure = err
+    failed = sorted(failure.failed) if failure else []
+    stats = write_stage_stats(stage_dir, parts, failed, time.time() - start, **{k: f() for k, f in extra.items()})
+    if failure:
+        raise failure
     return stats

@@ -1,10 +1,12 @@
-"""Reading tars that may be damaged or hostile: only regular files with plain relative names, and a
-truncated tar yields what precedes the damage instead of raising. Nothing is ever extracted to disk.
+"""The one way to read tars, which may be damaged or hostile: index the members, then read by offset. Only
+regular files with plain relative names are listed, a truncated tar yields what precedes the damage instead of
+raising, and a download table's `shard` value must name a file inside the download folder (`shard_path`).
+Nothing is ever extracted to disk.
 
 A well-formed tar of regular files (ustar, or pax as webdataset and img2dataset write them: a pax header with
-the mtime before every member) is indexed by walking its 512-byte headers directly (`read_files` reads the file
-whole, `index_tar` maps it and touches only the headers), 3-6x cheaper than `tarfile`'s member objects; anything
-else (links, GNU long names, bad checksums, truncation) is left to `tarfile`."""
+the mtime before every member) is indexed by walking its 512-byte headers directly (`tar_members` maps the file
+and touches only the headers, `read_files` reads it whole), 3-6x cheaper than `tarfile`'s member objects;
+anything else (links, GNU long names, bad checksums, truncation) is left to `tarfile`."""
 from __future__ import annotations
 
 import logging
@@ -31,14 +33,6 @@ def _safe(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
             yield member
         elif member.isfile() or member.issym() or member.islnk():
             log.warning("%s: skipping member %r (absolute, `..` or link)", tar.name, member.name)
-
-
-def safe_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    """Regular-file members with safe names, in order; stops with a warning where the tar is damaged."""
-    try:
-        yield from _safe(tar)
-    except (tarfile.TarError, EOFError) as err:
-        log.warning("%s is damaged (%s); reading only what precedes it", tar.name, err)
 
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -130,24 +124,67 @@ def _plain_members(data: bytes, tar_name: str) -> list[tuple[str, int, int]] | N
         return None
 
 
-def read_files(path: Path, wanted: Callable[[str], bool]) -> tuple[dict[str, bytes], str | None]:
-    """({member name: bytes} of the safe members `wanted` accepts, the damage found or None).
-    A missing file raises FileNotFoundError: that is not damage inside a tar but no tar at all."""
-    data = path.read_bytes()
-    plain = _plain_members(data, str(path))
-    if plain is not None:
-        return {name: data[offset:offset + size] for name, offset, size in plain if wanted(name)}, None
-    del data
-    files: dict[str, bytes] = {}
+def _tarfile_members(path: Path) -> tuple[list[tuple[str, int, int]], str | None]:
+    """`tar_members` by `tarfile`, for the tars the header walk leaves to it."""
+    file_size, members, damage = path.stat().st_size, [], None
     try:
         with tarfile.open(path) as tar:
             for member in _safe(tar):
-                if wanted(member.name):
-                    files[member.name] = tar.extractfile(member).read()
+                if member.offset_data + member.size <= file_size:
+                    members.append((member.name, member.offset_data, member.size))
+                else:
+                    damage = f"{member.name} is cut off at byte {file_size}"
     except (tarfile.TarError, EOFError) as err:
-        log.warning("%s is damaged (%s); kept the %d members before it", path, err, len(files))
-        return files, f"{type(err).__name__}: {err}"
-    return files, None
+        damage = f"{type(err).__name__}: {err}"
+    if damage:
+        log.warning("%s is damaged (%s); kept the %d members before it", path, damage, len(members))
+    return members, damage
+
+
+def tar_members(path: Path) -> tuple[list[tuple[str, int, int]], str | None]:
+    """((name, data offset, size) of each safe regular-file member the file fully holds, in order; the damage
+    found or None), reading headers only. A missing file raises FileNotFoundError: no tar at all."""
+    path = Path(path)
+    if path.stat().st_size >= BLOCK:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            members = _plain_members(data, str(path))  # touches the header pages only
+        if members is not None:
+            return members, None
+    return _tarfile_members(path)
+
+
+class MemberReader:
+    """Members' bytes by the offsets `tar_members` or `index_tar` gave, each tar opened once; a context manager."""
+
+    def __init__(self):
+        self.files: dict[str, object] = {}
+
+    def read(self, path: Path | str, offset: int, size: int) -> bytes:
+        f = self.files.get(str(path)) or self.files.setdefault(str(path), open(path, "rb"))
+        f.seek(offset)
+        return f.read(size)
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.files.clear()
+
+    def __enter__(self) -> "MemberReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_files(path: Path, wanted: Callable[[str], bool]) -> tuple[dict[str, bytes], str | None]:
+    """({member name: bytes} of the safe members `wanted` accepts, the damage found or None), reading the
+    file once (for readers that want most of a tar)."""
+    data = Path(path).read_bytes()
+    members = _plain_members(data, str(path))
+    damage = None
+    if members is None:
+        members, damage = _tarfile_members(Path(path))
+    return {name: data[offset:offset + size] for name, offset, size in members if wanted(name)}, damage
 
 
 def shard_path(download_dir: Path, shard: str) -> Path:
@@ -182,16 +219,8 @@ def read_images(table: pa.Table, download_dir: Path) -> dict[str, bytes]:
 def index_tar(path: Path) -> dict[str, tuple[int, int]]:
     """key -> (byte offset, size) of each image member, reading headers only. Members past damage, with
     unsafe names, or whose bytes the file does not fully hold are left out (their samples count as missing)."""
-    members = None
-    if path.stat().st_size >= BLOCK:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            members = _plain_members(data, str(path))  # touches the header pages only
-    if members is None:
-        file_size = path.stat().st_size
-        with tarfile.open(path) as tar:
-            members = [(m.name, m.offset_data, m.size) for m in safe_members(tar) if m.offset_data + m.size <= file_size]
     found = {}
-    for name, offset, size in members:
+    for name, offset, size in tar_members(path)[0]:
         key, _, ext = name.partition(".")
         if ext.lower() in IMAGE_EXTS:
             found[key] = (offset, size)

@@ -37,12 +37,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-STAGE_COMMANDS = {
-    "score": "score every downloaded pair with CLIP models and keep their embeddings (OUT/score)",
-    "dedup": "mark exact and near duplicates: image bytes, captions (MinHash-LSH), embeddings (OUT/dedup)",
-    "tier": "turn scores, filters and dedup marks into named subsets as sorted uid lists (OUT/tier)",
-    "shard": "write tier subsets as WebDataset shards that open_clip's trainer reads (OUT/shards/<subset>)",
-}
 STAGE_DESCRIPTION = """.
 
 Runs one stage of a pipeline on an existing run directory, with the settings of that run
@@ -51,6 +45,13 @@ examples:
   curate tier --out runs/demo --set 'tier.standard_fractions=[0.1,0.3]'
   curate shard --out runs/demo --set shard.samples_per_shard=500 --set 'shard.subsets=[top20]'
 """
+
+
+def stage_commands() -> dict[str, str]:
+    """`curate NAME --out RUN` for each registered stage that declares a command: name -> help."""
+    from curate.registry import STEPS
+
+    return {step.name: step.command for step in STEPS if step.command}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a key, e.g. --set grids.tiers.seeds=[0] --set samples_seen=2560")
     cmp.add_argument("-v", "--verbose", action="store_true")
 
-    for stage, about in STAGE_COMMANDS.items():
+    for stage, about in stage_commands().items():
         sp = sub.add_parser(stage, help=about, description=about + STAGE_DESCRIPTION,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.add_argument("--out", type=Path, required=True, help="run directory, e.g. runs/demo")
@@ -257,8 +258,8 @@ def _cmd_stage(args) -> Work:
 
 
 def _cmd_synth(args) -> Work:
+    from curate.synthetic.synth import synthesize
     from pipelines.config import load_config
-    from curate.synth import synthesize
 
     overrides = [f"synth.{o}" for o in args.overrides] + [f"synth.seed={args.seed}"]
     if args.n is not None:
@@ -278,9 +279,10 @@ def _cmd_synth(args) -> Work:
 
 
 def _cmd_download(args) -> Work:
-    from curate.pool_input import split_input
+    from curate.download.download import run_download
+    from curate.download.pool_input import split_input
     from pipelines.config import load_config
-    from pipelines.run import make_runner, run_download
+    from pipelines.run import make_runner
 
     cfg = load_config(None, args.overrides + _runner_overrides(args) + [f"download.input={args.input}"])
     split_input(cfg.download, args.out.resolve() / "download")  # reads and checks the input (once per run)
@@ -297,8 +299,8 @@ def _cmd_download(args) -> Work:
 
 
 def _cmd_train(args) -> Work:
+    from curate.models.train_config import TrainConfig
     from pipelines.config import load_config
-    from train.config import TrainConfig
     from train.data import check_source
     from train.train import train
 
@@ -312,8 +314,8 @@ def _cmd_train(args) -> Work:
 
 
 def _cmd_compare(args) -> Work:
-    from pipelines.config import load_config
     from pipelines.compare import CompareConfig, compare
+    from pipelines.config import load_config
 
     cfg = load_config(args.config, args.overrides, schema=CompareConfig)
     if cfg.pipeline is not None:
@@ -336,8 +338,8 @@ def _cmd_compare(args) -> Work:
 def _cmd_metadata(args) -> Work:
     import numpy as np
 
-    from curate.metadata import ENTRIES, MetadataConfig, build_metadata, head_tail
-    from curate.tier import ok_captions
+    from curate.tier.metadata import ENTRIES, MetadataConfig, build_metadata, head_tail
+    from curate.tier.tier import ok_captions
 
     given = {"min_count": args.min_count, "min_pmi": args.min_pmi}
     cfg = MetadataConfig(class_names=args.class_names, **{k: v for k, v in given.items() if v is not None})
@@ -401,7 +403,7 @@ def _cmd_eval(args) -> Work:
 COMMANDS = {"run": _cmd_run, "synth": _cmd_synth, "download": _cmd_download, "train": _cmd_train,
             "compare": _cmd_compare,
             "eval": _cmd_eval, "report": _cmd_report, "status": _cmd_status, "metadata": _cmd_metadata,
-            **{stage: _cmd_stage for stage in STAGE_COMMANDS}}
+            **{stage: _cmd_stage for stage in stage_commands()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,9 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from curate.pool_input import InputError
+    from curate.download.pool_input import InputError
+    from curate.stage import PartsFailed, StageFailed
     from pipelines.config import ConfigError
-    from pipelines.runners import PartsFailed, StageFailed
 
     try:
         work = COMMANDS[args.command](args)

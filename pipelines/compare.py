@@ -26,11 +26,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from curate.interval import t_interval
 from curate.io import atomic_write_bytes, atomic_write_json, fingerprint, read_json
+from curate.models.train_config import ClipStrategy, Strategy, TrainConfig
 from pipelines.config import PipelineConfig
 from pipelines.run import run_pipeline
-from pipelines.versus import VERSUS, Reference, t_interval, versus_reference
-from train.config import ClipStrategy, Strategy, TrainConfig
+from pipelines.versus import VERSUS, Reference, versus_reference
 
 log = logging.getLogger(__name__)
 

@@ -9,22 +9,12 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from curate.dedup import DedupConfig
-from curate.download import DownloadConfig
-from curate.score import ScoreConfig
-from curate.shard import ShardConfig
-from curate.synth import SynthConfig
-from curate.tier import TierConfig
-from train.config import ClipStrategy, Strategy
+from curate.registry import NAMES, STEPS
+from curate.stage import ConfigError
 
-STAGES = ("synth", "download", "filter", "score", "dedup", "tier", "shard")
 PROVENANCE_PACKAGES = ("torch", "open_clip_torch", "img2dataset", "webdataset", "ray", "pyarrow", "pydantic")
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the key and what to change."""
 
 
 class RunnerConfig(BaseModel):
@@ -35,44 +25,27 @@ class RunnerConfig(BaseModel):
     part_retries: int = Field(2, ge=0, le=20)
 
 
-class FilterConfig(BaseModel):
-    """The filter network: a CLIP trained on a trusted seed set, which then scores the pool."""
+class PipelineBase(BaseModel):
+    """What every pipeline config has besides the stage sections."""
 
-    model_config = ConfigDict(extra="forbid")
-    seed_pairs: Path | None = Field(None, description="trusted pairs directory; none = the synth stage's seed "
-                                    "split (synth.seed_split_fraction) if it made one, else draw clean scenes")
-    seed_n: int = Field(2000, ge=10, description="drawn seed pairs (when seed_pairs is none)")
-    seed: int = Field(1000, description="seed of the drawn set; differs from synth.seed, so it is disjoint")
-    model: str = "tiny-vit-32"
-    samples_seen: int = Field(20480, ge=1)
-    batch_size: int = Field(256, ge=2)
-    lr: float = Field(5e-4, gt=0)
-    workers: int = Field(1, ge=0)
-    strategy: Strategy = Field(default_factory=ClipStrategy, description="the training strategy, as in "
-                               "`curate train` (e.g. {name: slip}: SimCLR views make crops of one image agree)")
-
-
-class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "run"
-    stages: list[str] = Field(default_factory=lambda: ["synth", "download", "filter", "score"])
+    stages: list[str] = Field(default_factory=lambda: [s.name for s in STEPS if s.default])
     serve_synth: bool = Field(True, description="serve the run's synth files on loopback while downloading")
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
-    synth: SynthConfig = Field(default_factory=SynthConfig)
-    download: DownloadConfig = Field(default_factory=DownloadConfig)
-    filter: FilterConfig = Field(default_factory=FilterConfig)
-    score: ScoreConfig = Field(default_factory=ScoreConfig)
-    dedup: DedupConfig = Field(default_factory=DedupConfig)
-    tier: TierConfig = Field(default_factory=TierConfig)
-    shard: ShardConfig = Field(default_factory=ShardConfig)
 
     @field_validator("stages")
     @classmethod
     def _known_stages(cls, stages: list[str]) -> list[str]:
-        unknown = [s for s in stages if s not in STAGES]
+        unknown = [s for s in stages if s not in NAMES]
         if unknown:
-            raise ValueError(f"unknown stages {unknown}; known stages, in order: {list(STAGES)}")
-        return [s for s in STAGES if s in stages]
+            raise ValueError(f"unknown stages {unknown}; known stages, in order: {list(NAMES)}")
+        return [s for s in NAMES if s in stages]
+
+
+# A section per registered stage, in pipeline order, each of its Step's config class.
+PipelineConfig = create_model("PipelineConfig", __base__=PipelineBase,
+                              **{s.name: (s.config, Field(default_factory=s.config)) for s in STEPS})
 
 
 def _parse_override(item: str) -> tuple[list[str], object]:

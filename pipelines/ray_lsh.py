@@ -14,7 +14,7 @@ def _bucket_members(group):
 
 
 def ray_buckets(keys: np.ndarray, blocks: int = 8) -> list[np.ndarray]:
-    """The same buckets as `curate.minhash.memory_buckets`, grouped by a Ray Data shuffle."""
+    """The same buckets as `curate.dedup.minhash.memory_buckets`, grouped by a Ray Data shuffle."""
     import pyarrow as pa
     import ray
 

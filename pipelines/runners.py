@@ -9,29 +9,9 @@ import traceback
 from tqdm import tqdm
 
 from curate.io import Part
-from curate.stage import MapStage, commit_part, is_done, stage_part
+from curate.stage import MapStage, PartsFailed, commit_part, is_done, stage_part
 
 log = logging.getLogger(__name__)
-
-
-class PartsFailed(RuntimeError):
-    """Some parts of a stage failed for good (after their retries); the others are done."""
-
-    def __init__(self, stage: str, failed: dict[str, str]):
-        self.failed = failed
-        super().__init__(f"stage {stage!r}: {self.summary()}")
-
-    def summary(self) -> str:
-        return f"{len(self.failed)} part(s) failed for good: {', '.join(sorted(self.failed))}"
-
-
-class StageFailed(RuntimeError):
-    """A pipeline stage stopped by `error` (PartsFailed when only some of its parts failed)."""
-
-    def __init__(self, stage: str, error: Exception):
-        self.stage, self.error = stage, error
-        what = error.summary() if isinstance(error, PartsFailed) else f"{type(error).__name__}: {error}"
-        super().__init__(f"stage {stage!r} failed: {what}")
 
 
 def pending_parts(stage: MapStage, parts: list[Part]) -> list[Part]:

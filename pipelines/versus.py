@@ -9,6 +9,8 @@ import statistics
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from curate.interval import t_interval
+
 VERSUS = ["subset", "strategy", "model", "regime", "metric", "seeds", "reference_mean", "mean", "difference",
           "ci95", "relative", "verdict"]
 
@@ -19,17 +21,6 @@ class Reference(BaseModel):
     model_config = ConfigDict(extra="forbid")
     subset: str = Field("top100", description="e.g. the whole pool after dedup")
     strategy: str = Field("clip", description="a strategy label of the grids")
-
-
-def t_interval(values: list[float]) -> tuple[float, float | None]:
-    """Mean and the half-width of its 95% t-interval (None with fewer than two values)."""
-    from scipy import stats
-
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, None
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    return mean, half
 
 
 def verdict(difference: float, half: float | None) -> str:

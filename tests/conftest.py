@@ -12,7 +12,8 @@ import pytest
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+SHARED = ROOT.parent / "shared"
 EMOJI = SHARED / "data" / "emoji"
 
 
@@ -39,7 +40,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def small_pool(tmp_path_factory) -> Path:
     """A 240-row synthetic pool holding every noise and broken kind."""
-    from curate.synth import NoiseConfig, SynthConfig, synthesize
+    from curate.synthetic.synth import NoiseConfig, SynthConfig, synthesize
 
     out = tmp_path_factory.mktemp("pool")
     synthesize(SynthConfig(n=240, seed=3, hang_s=4, noise=NoiseConfig(broken=0.1)), out)
@@ -62,7 +63,7 @@ def read_parts(stage_dir: Path) -> pa.Table:
 
 
 def fast_download(**overrides):
-    from curate.download import DownloadConfig
+    from curate.download.download import DownloadConfig
 
     return DownloadConfig(**{"rows_per_part": 100, "thread_count": 16, "timeout_s": 2.0,
                              "allow_private_networks": True, **overrides})  # the test servers are on 127.0.0.1

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from train.config import AugmentConfig
+from curate.models.train_config import AugmentConfig
 
 BICUBIC = T.InterpolationMode.BICUBIC
 

@@ -9,23 +9,19 @@ from __future__ import annotations
 import io
 import json
 import logging
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from curate.tars import safe_members
-from train.config import DataConfig
+from curate.models.train_config import DataConfig
+from curate.pairs import read_pairs
+from curate.tars import IMAGE_EXTS, MemberReader, tar_members
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-
 
 @dataclass(frozen=True)
 class Record:
@@ -40,15 +36,7 @@ def pairs_records(root: Path, column_filter: dict[str, list] | None = None) -> l
     """Records of a pairs directory (`pairs.parquet` with `path` and `caption`), optionally filtered by
     column values, e.g. {"vendor": ["twitter"]}."""
     root = Path(root)
-    table_path = root / "pairs.parquet"
-    if not table_path.exists():
-        raise FileNotFoundError(f"{table_path} not found: a pairs directory needs pairs.parquet")
-    table = pq.read_table(table_path)
-    for col, allowed in (column_filter or {}).items():
-        if col not in table.column_names:
-            raise ValueError(f"filter column {col!r} is not in {table_path} (columns: {table.column_names})")
-        keep = np.isin(np.asarray(table.column(col).to_pylist(), dtype=object), list(allowed))
-        table = table.filter(keep)
+    table = read_pairs(root, column_filter)
     return [Record(str(root / p), None, c or "") for p, c in zip(table.column("path").to_pylist(),
                                                                   table.column("caption").to_pylist())]
 
@@ -57,32 +45,27 @@ def shard_records(shards: list[Path], uids: set[str] | None = None) -> list[Reco
     """Records of WebDataset tars (ours, img2dataset's or open_clip's): samples with an image and a .txt;
     with `uids`, only samples whose .json names one of them."""
     records = []
-    for shard in shards:
-        samples: dict[str, dict[str, tarfile.TarInfo]] = {}
-        with tarfile.open(shard) as tar:
-            for member in safe_members(tar):  # no `..`/absolute names; a truncated tar gives what precedes
-                if "." not in member.name:
-                    continue
-                key, ext = member.name.split(".", 1)
-                samples.setdefault(key, {})[ext.lower()] = member
-            for key, files in samples.items():
+    with MemberReader() as reader:
+        for shard in shards:
+            samples: dict[str, dict[str, tuple[str, int, int]]] = {}
+            for name, offset, size in tar_members(shard)[0]:  # safe names; a truncated tar gives what precedes
+                if "." in name:
+                    key, ext = name.split(".", 1)
+                    samples.setdefault(key, {})[ext.lower()] = (name, offset, size)
+            for files in samples.values():
                 image = next((files[e] for e in IMAGE_EXTS if e in files), None)
-                if uids is not None and ("json" not in files or _json_uid(tar, files["json"]) not in uids):
+                if uids is not None and ("json" not in files or _json_uid(reader, shard, files["json"]) not in uids):
                     continue
                 if image and "txt" in files:
-                    try:
-                        caption = tar.extractfile(files["txt"]).read().decode("utf-8", "replace")
-                    except tarfile.TarError as err:  # cut off by a truncated tar
-                        log.warning("skipping %s:%s (%s)", shard, key, err)
-                        continue
-                    records.append(Record(str(shard), image.name, caption))
+                    caption = reader.read(shard, *files["txt"][1:]).decode("utf-8", "replace")
+                    records.append(Record(str(shard), image[0], caption))
     return records
 
 
-def _json_uid(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str | None:
+def _json_uid(reader: MemberReader, shard: Path, member: tuple[str, int, int]) -> str | None:
     try:
-        return json.loads(tar.extractfile(member).read()).get("uid")
-    except (ValueError, AttributeError, tarfile.TarError):
+        return json.loads(reader.read(shard, *member[1:])).get("uid")
+    except (ValueError, AttributeError):
         return None
 
 
@@ -111,20 +94,14 @@ def check_source(data: DataConfig) -> None:
         raise FileNotFoundError(f"data.uids {data.uids} does not exist")
 
 
-def _open_tar(path: str) -> tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]:
-    """The tar and its safe members by name (extracting by TarInfo never rescans a truncated tar)."""
-    tar = tarfile.open(path)
-    return tar, {m.name: m for m in safe_members(tar)}
-
-
-def load_image(record: Record, tars: dict[str, tuple[tarfile.TarFile, dict]]) -> Image.Image:
+def load_image(record: Record, tars: dict[str, dict[str, tuple[int, int]]], reader: MemberReader) -> Image.Image:
+    """The record's image; `tars` caches each tar's member index, `reader` its open file."""
     if record.member is None:
         data = Path(record.image).read_bytes()
     else:
         if record.image not in tars:
-            tars[record.image] = _open_tar(record.image)
-        tar, members = tars[record.image]
-        data = tar.extractfile(members[record.member]).read()
+            tars[record.image] = {name: (offset, size) for name, offset, size in tar_members(record.image)[0]}
+        data = reader.read(record.image, *tars[record.image][record.member])
     with Image.open(io.BytesIO(data)) as im:
         return im.convert("RGB")
 
@@ -162,15 +139,15 @@ class PairStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        tars: dict[str, tuple[tarfile.TarFile, dict]] = {}
+        tars: dict[str, dict[str, tuple[int, int]]] = {}
+        reader = MemberReader()
         for position, index in self.positions():
             if (position - self.start) // self.batch_size % workers != worker:
                 continue
             record = self.records[index]
             try:
-                image = self.transform(load_image(record, tars))
-            except (OSError, UnidentifiedImageError, ValueError, tarfile.TarError, KeyError,
-                    Image.DecompressionBombError) as err:
+                image = self.transform(load_image(record, tars, reader))
+            except (OSError, UnidentifiedImageError, ValueError, KeyError, Image.DecompressionBombError) as err:
                 log.warning("skipping undecodable sample %s:%s (%s)", record.image, record.member or "", err)
                 yield None
                 continue

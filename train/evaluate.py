@@ -6,14 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import open_clip
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
 from curate.models.checkpoint import load_model
 from curate.models.clip import image_size, tokenizer
+from curate.pairs import read_pairs
 
 TEMPLATES = ("a photo of {}.", "an icon of {}.", "an emoji of {}.", "a picture of a {}.", "{}")
 PROBE_TEST_SHARE = 0.2
@@ -96,16 +94,7 @@ def evaluate(checkpoint: Path, eval_set: Path, class_columns: list[str] = (), wh
 
 def evaluate_model(model, name: str, eval_set: Path, class_columns=(), where: dict[str, str] = {}) -> dict:
     eval_set = Path(eval_set)
-    if not (eval_set / "pairs.parquet").exists():
-        raise FileNotFoundError(f"{eval_set}/pairs.parquet not found: --eval-set takes a pairs directory")
-    table = pq.read_table(eval_set / "pairs.parquet")
-    for col, value in where.items():
-        if col not in table.column_names:
-            raise ValueError(f"--where column {col!r} is not in {eval_set}/pairs.parquet")
-        table = table.filter(pc.equal(pc.cast(table.column(col), pa.string()), value))
-    missing = [c for c in ("path", "caption", *class_columns) if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{eval_set}/pairs.parquet has no column(s) {missing}; it has {table.column_names}")
+    table = read_pairs(eval_set, {col: [value] for col, value in where.items()}, tuple(class_columns))
     model.eval()
     tokenize = tokenizer(name)
     captions = [c or "" for c in table.column("caption").to_pylist()]

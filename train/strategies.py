@@ -18,9 +18,9 @@ from open_clip.transformer import PatchDropout, VisionTransformer
 from torch import nn
 from torch.nn.utils import parametrize
 
-from train.augment import MultiView, augment_transform, clip_transform, simclr_transform
-from train.config import TrainConfig
 from curate.models.clip import image_size, model_config, tokenizer
+from curate.models.train_config import TrainConfig
+from train.augment import MultiView, augment_transform, clip_transform, simclr_transform
 
 # Dropped first by CLIPA's `content_words` text policy: what is left is mostly nouns and adjectives.
 FUNCTION_WORDS = frozenset(

@@ -19,10 +19,10 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from curate.models import checkpoint
-from train.config import TrainConfig
+from curate.models.clip import create
+from curate.models.train_config import TrainConfig
 from train.augment import normalize_batch
 from train.data import PairStream, collate, pairs_records, resolve_shards, shard_records
-from curate.models.clip import create
 from train.strategies import make_strategy, phase_lr, plan_phases
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.dedup import REASONS
+from curate.dedup.dedup import REASONS
 from curate.report.html import esc, fmt, missing, note, table
 from curate.report.runfiles import gt_labels, rows_for_uids, rows_parts, score_columns
 from curate.report.thumbs import score_lines, thumbnails, tile

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from curate.io import read_json_if
+from curate.registry import STEPS
 from curate.report.html import Cell, esc, fmt, missing, note, pct, side_by_side, table
-from curate.report.runfiles import natural, read_json
+from curate.report.runfiles import natural
 
-ROW_STAGES = ("synth", "download", "score", "dedup")  # stages whose stats.json has input_rows and by_status
 FACTS = ("parts", "failed_parts", "scored_rows", "groups", "keep", "keep_score", "wall_s")
 
 
@@ -18,28 +19,24 @@ def count_cell(value: int, stage: str, key: str) -> Cell:
 
 
 def stage_stats(run_dir: Path) -> dict[str, dict]:
-    """stage -> its stats.json, for the stages that have written one."""
-    found = {s: read_json(Path(run_dir) / s / "stats.json") for s in ROW_STAGES}
+    """stage -> its stats.json, for the stages that count rows and have written one."""
+    found = {s.name: read_json_if(Path(run_dir) / s.directory / "stats.json") for s in STEPS if s.counts_rows}
     return {s: v for s, v in found.items() if v}
 
 
 def shard_manifests(run_dir: Path) -> dict[str, dict]:
     found = sorted((Path(run_dir) / "shards").glob("*/manifest.json"), key=lambda p: natural(p.parent.name))
-    return {p.parent.name: read_json(p) for p in found}
+    return {p.parent.name: read_json_if(p) for p in found}
 
 
 def overview(stats: dict[str, dict], counts: dict | None, manifests: dict[str, dict]) -> list[tuple[str, str, int]]:
     """(label, key, rows) from the pool down to each subset's shards."""
     steps: list[tuple[str, str, int]] = []
-    first = stats.get("synth") or stats.get("download")
-    if first:
-        steps.append(("pool rows", "pool", first["input_rows"]))
-    if "download" in stats:
-        steps.append(("downloaded (ok)", "downloaded", stats["download"]["by_status"].get("ok", 0)))
-    if "score" in stats and "scored_rows" in stats["score"]:
-        steps.append(("scored", "scored", stats["score"]["scored_rows"]))
-    if "dedup" in stats:
-        steps.append(("kept by dedup", "dedup_kept", stats["dedup"]["by_status"].get("kept", 0)))
+    if stats:
+        steps.append(("pool rows", "pool", next(iter(stats.values()))["input_rows"]))
+    for step in STEPS:
+        found = step.funnel(stats[step.name]) if step.name in stats else None
+        steps += [found] if found else []
     for name, rows in sorted(((counts or {}).get("subsets") or {}).items(), key=lambda kv: natural(kv[0])):
         steps.append((f"tier {name}", f"tier:{name}", rows))
     for name, manifest in manifests.items():
@@ -96,14 +93,14 @@ def _shard_table(manifests: dict[str, dict]) -> str:
 
 def render(run_dir: Path) -> str:
     stats = stage_stats(run_dir)
-    counts = read_json(Path(run_dir) / "tier" / "counts.json")
+    counts = read_json_if(Path(run_dir) / "tier" / "counts.json")
     manifests = shard_manifests(run_dir)
     if not stats and not counts and not manifests:
         return missing("No stage has written its stats yet (synth/, download/, score/, dedup/ stats.json; "
                        "tier/counts.json; shards/*/manifest.json).")
     body = [_bars(overview(stats, counts, manifests))]
     body.append(side_by_side(_stage_table(s, v) for s, v in stats.items()))
-    absent = [f"{s}/stats.json" for s in ROW_STAGES if s not in stats]
+    absent = [f"{s.directory}/stats.json" for s in STEPS if s.counts_rows and s.name not in stats]
     body.append(_tier_table(counts) if counts else "")
     body.append(_shard_table(manifests) if manifests else "")
     if not counts:

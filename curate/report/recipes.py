@@ -9,14 +9,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from curate.entries import entry_counts
 from curate.report import plots
 from curate.report.html import img, missing, note, table
 from curate.report.runfiles import subsets
 from curate.report.truth import CLEAN, Labels, align, share
 from curate.schema import CAPTION, STATUS, UID, Status
-from curate.tier import TierConfig, read_pool
-from curate.tier_rules import Balance, RuleInputs, recipe_subsets
+from curate.tier.entries import entry_counts
+from curate.tier.tier import TierConfig, read_pool
+from curate.tier.tier_rules import Balance, RuleInputs, recipe_subsets
 
 
 def tier_config(run_dir: Path) -> TierConfig | None:

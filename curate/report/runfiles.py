@@ -1,7 +1,6 @@
 """Read a run directory for the report: JSON files that may be absent, and only the Parquet columns asked for."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -13,18 +12,6 @@ from curate.io import list_parts
 from curate.schema import UID
 
 GT_COLUMNS = (UID, "gt_noise", "gt_dup_of")
-
-
-def read_json(path: Path) -> dict | list | None:
-    """The file's JSON, or None when it does not exist yet."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def rows_parts(run_dir: Path) -> list[Path]:

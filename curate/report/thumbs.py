@@ -4,13 +4,12 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import tarfile
 from pathlib import Path
 
 from PIL import Image
 
 from curate.report.html import esc, fmt
-from curate.tars import IMAGE_EXTS, safe_members
+from curate.tars import MemberReader, index_tar, shard_path
 
 log = logging.getLogger(__name__)
 
@@ -26,30 +25,26 @@ def _thumbnail(data: bytes, size_px: int) -> str:
 
 
 def thumbnails(download_dir: Path, wanted: list[tuple[str, str]], size_px: int = 128) -> dict[tuple[str, str], str]:
-    """(shard, key) -> JPEG data URI; each tar is opened once and read only until its keys are found.
-    Images that no longer read or decode are left out (the tile says so)."""
+    """(shard, key) -> JPEG data URI; each tar's header index is read once. Images that no longer read or
+    decode, or whose shard is missing or lies outside the download folder, are left out (the tile says so)."""
     by_shard: dict[str, set[str]] = {}
     for shard, key in wanted:
         if shard and key:
             by_shard.setdefault(shard, set()).add(key)
     found: dict[tuple[str, str], str] = {}
-    for shard, keys in sorted(by_shard.items()):
-        path = Path(download_dir) / shard
-        if not path.exists():
-            log.warning("report: %s is missing; its thumbnails are left out", path)
-            continue
-        left = set(keys)
-        with tarfile.open(path) as tar:
-            for member in safe_members(tar):
-                key, _, ext = member.name.partition(".")
-                if key in left and ext.lower() in IMAGE_EXTS:
-                    try:
-                        found[(shard, key)] = _thumbnail(tar.extractfile(member).read(), size_px)
-                    except (OSError, ValueError, tarfile.TarError, Image.DecompressionBombError) as err:
-                        log.warning("report: %s %s does not decode: %s", shard, key, err)
-                    left.discard(key)
-                    if not left:
-                        break
+    with MemberReader() as reader:
+        for shard, keys in sorted(by_shard.items()):
+            try:
+                path = shard_path(download_dir, shard)
+                index = index_tar(path)
+            except (OSError, ValueError) as err:
+                log.warning("report: %s: %s; its thumbnails are left out", shard, err)
+                continue
+            for key in sorted(keys & index.keys()):
+                try:
+                    found[(shard, key)] = _thumbnail(reader.read(path, *index[key]), size_px)
+                except (OSError, ValueError, Image.DecompressionBombError) as err:
+                    log.warning("report: %s %s does not decode: %s", shard, key, err)
     return found
 
 

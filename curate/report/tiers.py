@@ -8,9 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.io import read_json_if
 from curate.report import plots
 from curate.report.html import esc, img, missing, note
-from curate.report.runfiles import read_columns, read_json, rows_parts, schema_names, score_columns, subsets
+from curate.report.runfiles import read_columns, rows_parts, schema_names, score_columns, subsets
 from curate.schema import STATUS, UID
 
 MAX_HISTOGRAM_COLUMNS = 6
@@ -53,7 +54,7 @@ def load(run_dir: Path) -> ScoreView | None:
     scores = score_columns(paths)
     if not scores:
         return None
-    thresholds = read_json(Path(run_dir) / "tier" / "thresholds.json") or {}
+    thresholds = read_json_if(Path(run_dir) / "tier" / "thresholds.json") or {}
     extra = [c for t in thresholds.values() for c in t if c in schema_names(paths)]
     table = read_columns(paths, [UID, STATUS, *scores, *extra])
     uids = table.column(UID)

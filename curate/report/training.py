@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.csv as pacsv
 
+from curate.interval import t_interval
+from curate.io import read_json_if, read_jsonl
 from curate.report import plots
 from curate.report.html import fmt, img, missing, note, table
-from curate.report.runfiles import read_json, read_jsonl
 
 MAX_CURVES = 24
 MAX_TABLE_ROWS = 200
@@ -20,20 +21,6 @@ CELL_KEYS = ("subset", "strategy", "model", "regime")
 NOT_METRICS = {"seed", "subset_size", "samples_seen", "wall_s", "samples_per_s", "steps", "records",
                "samples_skipped", "fingerprint"}
 HEADLINE_LEAVES = ("r5", "top1")  # retrieval R@5 and classification top-1 first; counts (n, classes) never
-# two-sided 95% Student t quantiles by degrees of freedom (1.96 beyond 30)
-T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def interval95(values: list[float]) -> tuple[float, float, float]:
-    """(mean, low, high): the mean with its Student-t 95% interval (a single value has none)."""
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, mean, mean
-    t = T95[len(x) - 2] if len(x) - 1 <= len(T95) else 1.96
-    half = t * float(x.std(ddof=1)) / math.sqrt(len(x))
-    return mean, mean - half, mean + half
 
 
 def training_runs(run_dir: Path) -> dict[str, Path]:
@@ -54,7 +41,7 @@ def curves(run_dir: Path) -> str:
         if lines:
             series[name] = (np.array([r.get("samples", r.get("step", 0)) for r in lines]),
                             np.array([r["loss"] for r in lines]))
-        summary = read_json(path.parent / "summary.json") or {}
+        summary = read_json_if(path.parent / "summary.json") or {}
         rows.append([name, summary.get("model", ""), summary.get("samples_seen", lines[-1].get("samples") if lines else ""),
                      summary.get("samples_per_s", ""), summary.get("wall_s", ""),
                      "finished" if summary else "in progress"])
@@ -123,7 +110,8 @@ def comparison(run_dir: Path) -> str:
     for m in metrics:
         panel = []
         for label, values in cells.get(m, {}).items():
-            mean, lo, hi = interval95(values)
+            mean, half = t_interval(values)
+            lo, hi = (mean, mean) if half is None else (mean - half, mean + half)
             panel.append((label, mean, lo, hi, len(values)))
             summary_rows.append([m, label, len(values), fmt(mean), f"[{fmt(lo)}, {fmt(hi)}]"])
         if panel:

@@ -12,12 +12,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.io import list_parts
-from curate.quality import roc_auc
 from curate.report import plots
 from curate.report.html import esc, img, missing, note, table
 from curate.report.runfiles import read_columns
 from curate.report.tiers import ScoreView
 from curate.schema import STATUS, UID, Status
+from curate.synthetic.quality import roc_auc
 
 CLEAN = "clean"
 BROKEN = "broken"

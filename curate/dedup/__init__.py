@@ -1,0 +1,2 @@
+"""The dedup stage: exact, caption (MinHash-LSH), embedding (SemDeDup) and pixel copy search, each pair
+confirmed pixel for pixel."""

@@ -1,0 +1,1 @@
+"""The score stage: CLIP similarity per scorer, embeddings and heuristic signals."""
