@@ -6,11 +6,12 @@ import json
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 from curate.io import Part
 from curate.stage import MapStage, stage_part
 from pipelines.ray_options import actor_pool_kwargs, init_kwargs, largest_node_cpus, node_id, task_options
-from pipelines.runners import PartsFailed, commit, pending_parts, progress, stage_with_retries
+from pipelines.runners import commit, pending_parts, stage_with_retries, tally
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +46,21 @@ class RayRunner:
         ray = self.ensure_ray()
         task = ray.remote(stage_on_node).options(**task_options(stage.resources, self.part_retries))
         refs = {task.remote(stage, part): part for part in todo}
-        failed: dict[str, str] = {}
-        with progress(stage, todo, " (ray)") as bar:
-            waiting = list(refs)
-            while waiting:
-                ready, waiting = ray.wait(waiting, num_returns=1)
-                part = refs[ready[0]]
-                try:
-                    error = commit(stage, ray.get(ready[0]))
-                except Exception as err:  # the task already used its retries
-                    log.error("%s %s failed for good: %s", stage.name, part.name, err)
-                    error = str(err)[-2000:]
-                if error:
-                    failed[part.name] = error
-                bar.update(part.input_rows)
-        if failed:
-            raise PartsFailed(stage.name, failed)
+        tally(stage, todo, self._finished(ray, stage, refs), " (ray)")
+
+    @staticmethod
+    def _finished(ray, stage: MapStage, refs: dict) -> Iterator[tuple[Part, str | None]]:
+        """(part, error or None) of each task as it finishes, its result committed."""
+        waiting = list(refs)
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            part = refs[ready[0]]
+            try:
+                error = commit(stage, ray.get(ready[0]))
+            except Exception as err:  # the task already used its retries
+                log.error("%s %s failed for good: %s", stage.name, part.name, err)
+                error = str(err)[-2000:]
+            yield part, error
 
     def _map_with_actors(self, stage: MapStage, todo: list[Part]) -> None:
         """Model stages: Ray Data `map_batches` over the parts with an actor pool (model loaded once per
@@ -71,17 +71,15 @@ class RayRunner:
         results = ray.data.from_items(items).map_batches(
             PartActor, fn_constructor_args=(stage, self.part_retries),
             **actor_pool_kwargs(stage.resources, largest_node_cpus(ray)))
-        failed: dict[str, str] = {}
-        with progress(stage, todo, " (ray actors)") as bar:
-            for row in results.iter_rows():
-                part = by_name[row["part"]]
-                error = row["error"] or commit(stage, (replace(part, attempt=row["attempt"]), json.loads(row["marker"])))
-                if error:
-                    log.error("%s %s failed for good:\n%s", stage.name, part.name, error)
-                    failed[part.name] = error
-                bar.update(part.input_rows)
-        if failed:
-            raise PartsFailed(stage.name, failed)
+        tally(stage, todo, ((by_name[row["part"]], self._commit_row(stage, by_name[row["part"]], row))
+                            for row in results.iter_rows()), " (ray actors)")
+
+    @staticmethod
+    def _commit_row(stage: MapStage, part: Part, row: dict) -> str | None:
+        error = row["error"] or commit(stage, (replace(part, attempt=row["attempt"]), json.loads(row["marker"])))
+        if error:
+            log.error("%s %s failed for good:\n%s", stage.name, part.name, error)
+        return error
 
     def close(self) -> None:
         if self._started_here:

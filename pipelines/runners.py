@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from typing import Iterable
 
 from tqdm import tqdm
 
@@ -54,6 +55,19 @@ def commit(stage: MapStage, staged: tuple[Part, dict]) -> str | None:
         return error
 
 
+def tally(stage: MapStage, todo: list[Part], outcomes: Iterable[tuple[Part, str | None]], suffix: str = "") -> None:
+    """Count each (part, error or None) on a progress bar as it comes; then raise PartsFailed naming the
+    parts that failed for good, if any."""
+    failed: dict[str, str] = {}
+    with progress(stage, todo, suffix) as bar:
+        for part, error in outcomes:
+            if error:
+                failed[part.name] = error
+            bar.update(part.input_rows)
+    if failed:
+        raise PartsFailed(stage.name, failed)
+
+
 class LocalRunner:
     """In-process, one part after another: for debugging and fast tests."""
 
@@ -63,17 +77,12 @@ class LocalRunner:
         self.part_retries = part_retries
 
     def map_parts(self, stage: MapStage, parts: list[Part]) -> None:
-        failed: dict[str, str] = {}
         todo = pending_parts(stage, parts)
-        with progress(stage, todo) as bar:
-            for part in todo:
-                staged, error = stage_with_retries(stage, part, self.part_retries)
-                error = error or commit(stage, staged)
-                if error:
-                    failed[part.name] = error
-                bar.update(part.input_rows)
-        if failed:
-            raise PartsFailed(stage.name, failed)
+        tally(stage, todo, ((part, self._run(stage, part)) for part in todo))
+
+    def _run(self, stage: MapStage, part: Part) -> str | None:
+        staged, error = stage_with_retries(stage, part, self.part_retries)
+        return error or commit(stage, staged)
 
     def close(self) -> None:
         pass
