@@ -19,18 +19,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import emit  # noqa: E402
-
-
-def pairs_root(run: Path) -> Path | None:
-    """The pairs directory a run's pool was made from (config.resolved.yaml's synth.from_pairs), if any."""
-    config = yaml.safe_load((run / "config.resolved.yaml").read_text())
-    source = (config.get("synth") or {}).get("from_pairs")
-    return Path(source) if source else None
 
 
 def main() -> None:
@@ -43,7 +34,7 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from curate.io import read_json
-    from curate.synthetic.quality import dedup_quality, natural_structure
+    from curate.synthetic.quality import dedup_quality, natural_structure, pairs_root
 
     pools = {}
     for run in args.run or [Path("runs/demo")]:

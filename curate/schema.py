@@ -53,6 +53,7 @@ KEPT = "kept"  # dedup: the row stays
 NOT_SCORED = "not_scored"  # dedup and tier: downloaded, but its part has no score output
 NOT_DOWNLOADED = "not_downloaded"  # tier: its part has no download output (a failed part)
 HOLDOUT = "holdout"  # tier: held out of every subset (an eval split)
+DUP_REASONS = ("exact_pair", "exact_image", "near_image")  # dedup drop reasons, first = strongest
 
 
 def make_uid(url: str | bytes, caption: str | bytes) -> str:

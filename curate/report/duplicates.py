@@ -8,11 +8,10 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.dedup.dedup import REASONS
 from curate.report.html import esc, fmt, missing, note, table
 from curate.report.runfiles import gt_labels, rows_for_uids, rows_parts, score_columns
 from curate.report.thumbs import score_lines, thumbnails, tile
-from curate.schema import CAPTION, UID
+from curate.schema import CAPTION, DUP_REASONS, UID
 
 GROUPS_PER_REASON = 5
 MEMBERS_PER_GROUP = 8
@@ -37,11 +36,11 @@ def render(run_dir: Path, gt) -> str:
         return note("dedup found no duplicate groups.")
     groups = dup.column("dup_group").to_numpy()
     reasons = dup.column("dup_reason").to_pylist()
-    ranks = np.array([REASONS.index(r) if r in REASONS else len(REASONS) for r in reasons])
+    ranks = np.array([DUP_REASONS.index(r) if r in DUP_REASONS else len(DUP_REASONS) for r in reasons])
     strongest = group_reasons(groups, ranks)
     rng = np.random.default_rng(0)
     summary, shown = [], {}
-    for rank, reason in enumerate(REASONS):
+    for rank, reason in enumerate(DUP_REASONS):
         ids = np.array(sorted(g for g, r in strongest.items() if r == rank))
         summary.append([reason, len(ids), int((ranks == rank).sum())])
         if len(ids):

@@ -17,11 +17,10 @@ from curate.report.html import esc, img, missing, note, table
 from curate.report.runfiles import read_columns
 from curate.report.tiers import ScoreView
 from curate.schema import STATUS, UID, Status
-from curate.synthetic.quality import roc_auc
+from curate.synthetic.quality import dedup_quality, pairs_root, roc_auc
 
 CLEAN = "clean"
 BROKEN = "broken"
-DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate")
 
 
 @dataclass
@@ -142,38 +141,26 @@ def _scores(view: ScoreView | None, gt: pa.Table) -> str:
 
 
 def _dedup(run_dir: Path, gt: pa.Table) -> str:
-    path = Path(run_dir) / "dedup" / "dup.parquet"
-    if not path.exists():
+    """synthetic.quality's dedup_quality (the quality benchmark's figures), per picture."""
+    if not (Path(run_dir) / "dedup" / "dup.parquet").exists():
         return missing("dedup has not run.")
     if "gt_dup_of" not in gt.column_names:
         return missing("the pool has no gt_dup_of column: no planted duplicates to check against.")
-    dup = pq.read_table(path, columns=[UID, "dup_group", "dup_keep", "dup_reason"])
-    root = pc.coalesce(gt.column("gt_dup_of"), gt.column(UID))  # a planted copy's original, else itself
-    gt = gt.append_column("root", root)
-    row_root = align(gt, dup.column(UID), "root")
-    keep = dup.column("dup_keep").combine_chunks()
-    surviving = pc.unique(row_root.filter(pc.fill_null(keep, False)))
-    lost_nothing = pc.fill_null(pc.is_in(row_root, value_set=surviving), False).to_numpy(zero_copy_only=False)
-    reasons = Labels.of(dup.column("dup_reason"))
-    rows = [[r, int(reasons.mask(r).sum()), share(int((reasons.mask(r) & lost_nothing).sum()), int(reasons.mask(r).sum()))]
-            for r in sorted(reasons.names)]
-    body = [table(["removed as", "rows", "precision"], rows),
-            note("precision: share of removed rows whose planted group (the original and its planted copies) still "
-                 "has a kept row, i.e. removing it lost no content. recall: share of planted copies put in one group "
-                 "with their original.")]
-    copies = gt.filter(pc.is_in(gt.column("gt_noise"), value_set=pa.array(DUPLICATE_KINDS)))
-    dup_uids = dup.column(UID).combine_chunks()
-    mine, theirs = (pc.index_in(copies.column(c), value_set=dup_uids) for c in (UID, "gt_dup_of"))
-    group_of = dup.column("dup_group").combine_chunks()
-    both = pc.and_(pc.is_valid(keep.take(mine)), pc.is_valid(keep.take(theirs)))  # both rows took part in dedup
-    found = pc.and_(both, pc.fill_null(pc.equal(group_of.take(mine), group_of.take(theirs)), False))
-    recall = []
-    for kind in DUPLICATE_KINDS:
-        of_kind = pc.equal(copies.column("gt_noise"), kind)
-        n, hit = (pc.sum(pc.and_(of_kind, m)).as_py() or 0 for m in (both, found))
-        recall.append([kind, n, hit, share(hit, n)])
-    body.append(table(["planted", "pairs (both scored)", "grouped together", "recall"], recall))
-    return "".join(body)
+    pairs = pairs_root(run_dir)
+    q = dedup_quality(run_dir, Path(run_dir) / "synth" / "pool.parquet", pairs if pairs and pairs.is_dir() else None)
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    return "".join([
+        table(["pictures", "duplicate rows", "recall", "pictures lost", "precision"],
+              [[f"{q['pictures']:,}", f"{q['duplicate_rows']:,}", pct(q["recall"]),
+                f"{q['pictures_lost']:,} ({pct(q['pictures_lost_share'])})", pct(q["precision"])]]),
+        table(["removed as", "rows", "precision"],
+              [[reason, f"{v['dropped']:,}", pct(v["precision"])] for reason, v in q["by_reason"].items()]),
+        table(["planted", "copies", "paired with their original", "recall"],
+              [[edit, f"{v['copies']:,}", f"{v['paired']:,}", pct(v["recall"])] for edit, v in q["by_edit"].items()]),
+        note("A picture is one distinct pixel array of the source images (a planted copy, exact or edited, is its "
+             "original's picture). recall: duplicate rows (beyond the first of each picture) dropped for a row of the "
+             "same picture; pictures lost: pictures with no kept row; precision: dropped rows whose kept row "
+             "(dup_of) is the same picture. `python benchmarks/quality_dedup.py --run RUN_DIR` prints the same.")])
 
 
 def _tiers(run_dir: Path, gt: pa.Table, view: ScoreView | None) -> str:

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 from PIL import Image
 
-from curate.dedup.dedup import REASONS
+from curate.schema import DUP_REASONS
 
 
 def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -51,7 +52,7 @@ def picture_ids(pool: pa.Table, pairs_root: Path | None = None) -> dict[str, str
     """uid -> picture: one id per distinct pixel array of the source images (a pairs pool: aliases and identical
     renderings are one picture), else per planted family (a drawn pool: a copy is its original's picture).
     A planted copy, exact or edited, is always its original's picture."""
-    rows = pool.select(["uid", "gt_dup_of", "src_key"]).to_pylist()
+    rows = pool.select(["uid", "gt_dup_of"] + (["src_key"] if pairs_root else [])).to_pylist()
     family = {r["uid"]: r["gt_dup_of"] or r["uid"] for r in rows}
     if pairs_root is None:
         return family
@@ -68,6 +69,15 @@ def picture_ids(pool: pa.Table, pairs_root: Path | None = None) -> dict[str, str
 
     by_uid = {r["uid"]: r for r in rows}
     return {uid: picture(by_uid[root]["src_key"]) for uid, root in family.items()}
+
+
+def pairs_root(run_dir: Path) -> Path | None:
+    """The pairs directory a run's pool was made from (config.resolved.yaml's synth.from_pairs), if any."""
+    config_path = Path(run_dir) / "config.resolved.yaml"
+    if not config_path.exists():
+        return None
+    source = ((yaml.safe_load(config_path.read_text()) or {}).get("synth") or {}).get("from_pairs")
+    return Path(source) if source else None
 
 
 def dedup_quality(run_dir: Path, pool_path: Path, pairs_root: Path | None = None) -> dict:
@@ -95,11 +105,12 @@ def dedup_quality(run_dir: Path, pool_path: Path, pairs_root: Path | None = None
         of = [r for r in dropped if r["dup_reason"] == reason]
         by_reason[reason] = {"dropped": len(of), "precision": _share(sum(1 for r in of if r["uid"] in right), len(of))}
     by_edit: dict[str, dict] = {}
-    for r in pool.select(["uid", "gt_dup_of", "gt_edit"] if "gt_edit" in pool.column_names else ["uid", "gt_dup_of"]).to_pylist():
+    columns = ["uid", "gt_dup_of", "gt_noise"] + (["gt_edit"] if "gt_edit" in pool.column_names else [])
+    for r in pool.select(columns).to_pylist():
         copy, original = dup.get(r["uid"]), dup.get(r["gt_dup_of"] or "")
         if copy is None or original is None:
             continue
-        edit = r.get("gt_edit") or "exact"
+        edit = r.get("gt_edit") or ("exact" if r["gt_noise"] == "exact_duplicate" else r["gt_noise"])
         paired = copy["dup_of"] == original["uid"] or original["dup_of"] == copy["uid"] or (
             copy["dup_of"] is not None and copy["dup_of"] == original["dup_of"])
         counts = by_edit.setdefault(edit, {"copies": 0, "paired": 0})
@@ -127,7 +138,7 @@ def natural_structure(run_dir: Path, pool_path: Path, pairs_path: Path, family_c
     source = {r["uid"]: r["src_key"] for r in pool}
     dup = {r["uid"]: r for r in pq.read_table(Path(run_dir) / "dedup" / "dup.parquet").to_pylist()}
     result: dict = {}
-    for reason in REASONS:
+    for reason in DUP_REASONS:
         counts = {"same_source": 0, "same_family": 0, "other": 0}
         for r in dup.values():
             if r["dup_keep"] is False and r["dup_reason"] == reason:

@@ -242,8 +242,10 @@ def test_ground_truth_rates_on_a_hand_made_run(tmp_path):
     rows = _table_rows(truth)
     assert rows["not ok after download"][:3] == ["1", "100.0%", "100.0%"]  # the one drop is the broken row
     assert rows["exact_image"] == ["1", "100.0%"]  # u0 survives for u2
-    assert rows["exact_pair"] == ["1", "0.0%"] and rows["near_image"] == ["1", "0.0%"]  # u1's group is gone
-    assert rows["exact_duplicate"] == ["1", "1", "100.0%"] and rows["near_duplicate"] == ["1", "1", "100.0%"]
+    assert rows["exact_pair"] == ["1", "0.0%"] and rows["near_image"] == ["1", "0.0%"]  # u1's picture is gone
+    # pictures {u0, u2}, {u1, u5}, {u3}; u2 dropped for u0 (right), u1 and u5 for u3 (wrong: u1's picture lost)
+    assert rows["3"] == ["2", "50.0%", "1 (33.3%)", "33.3%"]
+    assert rows["exact"] == ["1", "1", "100.0%"] and rows["near_duplicate"] == ["1", "1", "100.0%"]
     assert rows["top"][:3] == ["2", "50.0%", "50.0%"]  # u0 clean, u3 mismatched; 1 of 2 clean rows kept
     assert rows["dup"][:3] == ["3", "66.7%", "50.0%"]  # u2, u5 noisy of u1, u2, u5; 2 of 4 noisy rows
     assert 'class="error"' not in page
