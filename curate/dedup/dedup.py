@@ -14,15 +14,15 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curate.dedup.copy_search import copy_candidates
+from curate.dedup.copy_verifier import WEIGHTS, Verifier
 from curate.dedup.image_match import ThumbnailStore, pixel_match
 from curate.dedup.minhash import memory_buckets, near_duplicate_captions
 from curate.dedup.semdedup import near_duplicate_images
-from curate.io import atomic_write_json, atomic_write_parquet, fingerprint, list_parts, markers_fingerprint, read_json
-from curate.schema import STATUS, UID, Status
+from curate.io import (atomic_write_json, atomic_write_parquet, file_fingerprint, fingerprint, list_parts,
+                       markers_fingerprint, read_json)
+from curate.schema import DUP_REASONS, KEPT, NOT_SCORED, STATUS, UID, Status
 
 log = logging.getLogger(__name__)
-
-REASONS = ("exact_pair", "exact_image", "near_image")  # first = strongest
 
 
 class DedupConfig(BaseModel):
@@ -36,12 +36,17 @@ class DedupConfig(BaseModel):
     images: bool = True
     image_eps: float = Field(0.05, ge=0, lt=1, description="SemDeDup proposes pairs with cosine >= 1 - eps")
     image_match_min: float | None = Field(
-        0.9, ge=-1, le=1, description="a proposed pair is a duplicate only with this aligned shape correlation "
-        "(curate/image_match.py: copies resized, re-encoded, cropped off-centre, padded, brightened, grayscale, "
-        "blurred, watermarked); null = SemDeDup alone, which also drops different pictures of the same thing")
-    image_colour_max: float = Field(
-        10.0, gt=0, le=255, description="... and no 4 x 4 cell's mean colour more than this many levels apart "
-        "after one brightness factor: another skin tone, flag or colourway is not a copy")
+        0.75, ge=-1, le=1, description="a proposed pair is a duplicate only with this aligned shape correlation "
+        "(curate/dedup/image_match.py: copies resized, re-encoded, cropped off-centre, padded, brightened, "
+        "grayscale, blurred, watermarked) and the tests below; null = SemDeDup alone, which also drops different "
+        "pictures of the same thing")
+    image_verifier_min: float | None = Field(
+        0.99, gt=0, lt=1, description="... and the copy verifier (curate/dedup/copy_verifier.py, a small network "
+        "on the aligned pair) says copy with at least this probability: another skin tone, colourway or glyph in the "
+        "same frame is not a copy; null = off")
+    image_colour_max: float | None = Field(
+        30.0, gt=0, le=255, description="... and no 4 x 4 cell's mean colour more than this many levels apart "
+        "after one brightness factor: a coarse guard beside the verifier; null = off")
     copy_search_k: int = Field(
         10, ge=0, le=100, description="also propose each row's k nearest images by their own pixels (8 px "
         "thumbnails, crops included) for the pixel check: finds copies a weak embedding puts far apart; "
@@ -122,8 +127,7 @@ def _image_links(table: pa.Table, cfg: DedupConfig, download_dir: Path | None) -
     dim = emb.type.list_size
     vectors = np.asarray(emb.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
     vectors[np.asarray(emb.is_null())] = np.nan
-    check = None if cfg.image_match_min is None else PixelCheck(table, download_dir, cfg.image_match_min,
-                                                                 cfg.image_colour_max)
+    check = None if cfg.image_match_min is None else PixelCheck(table, download_dir, cfg)
     pairs, centroid_sim = near_duplicate_images(vectors, cfg.image_eps, cfg.cluster_size, confirm=check)
     first = np.array([p[0] for p in pairs], np.int64)
     second = np.array([p[1] for p in pairs], np.int64)
@@ -266,12 +270,14 @@ def _dup_table(table: pa.Table, rows: np.ndarray, decision: _Decision, captions)
 
 class PixelCheck:
     """SemDeDup's `confirm`: which candidate pairs (row numbers of `table`) also match pixel for pixel
-    (curate.image_match), with counts for the log."""
+    (curate.dedup.image_match), with counts for the log."""
 
-    def __init__(self, table: pa.Table, download_dir: Path | None, minimum: float, colour_max: float):
+    def __init__(self, table: pa.Table, download_dir: Path | None, cfg: DedupConfig):
         if download_dir is None:
             raise ValueError("dedup.image_match_min needs the download stage's images (run inside a run directory)")
-        self.store, self.minimum, self.colour_max = ThumbnailStore(table, download_dir), minimum, colour_max
+        self.store, self.minimum = ThumbnailStore(table, download_dir), cfg.image_match_min
+        self.colour_max = cfg.image_colour_max
+        self.verifier = None if cfg.image_verifier_min is None else Verifier(cfg.image_verifier_min)
         self.candidates = self.confirmed = 0
 
     def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -279,7 +285,7 @@ class PixelCheck:
             return np.zeros(0, bool)
         rows = np.unique(np.concatenate([first, second]))
         match = pixel_match(self.store.get(rows), np.searchsorted(rows, first), np.searchsorted(rows, second),
-                            self.minimum, self.colour_max)
+                            self.minimum, self.colour_max, self.verifier)
         ok = match >= self.minimum
         self.candidates, self.confirmed = self.candidates + len(first), self.confirmed + int(ok.sum())
         return ok
@@ -301,7 +307,8 @@ def run_dedup(cfg: DedupConfig, run_dir: Path, buckets=memory_buckets) -> dict:
     run_dir = Path(run_dir)
     score_dir, out_dir = run_dir / "score", run_dir / "dedup"
     done_markers = sorted((score_dir / "_done").glob("*.json"))
-    identity = fingerprint(cfg.model_dump(mode="json"), markers_fingerprint(done_markers))
+    verifier = file_fingerprint(WEIGHTS) if cfg.image_match_min is not None and cfg.image_verifier_min else None
+    identity = fingerprint(cfg.model_dump(mode="json"), markers_fingerprint(done_markers), verifier)
     done = out_dir / "_done.json"
     if done.exists() and read_json(done).get("identity") == identity and (out_dir / "stats.json").exists():
         log.info("dedup: %s is up to date", out_dir)
@@ -312,8 +319,8 @@ def run_dedup(cfg: DedupConfig, run_dir: Path, buckets=memory_buckets) -> dict:
     atomic_write_parquet(out_dir / "dup.parquet", dup)
     reasons = dup.column("dup_reason").to_pylist()
     keeps = dup.column("dup_keep").to_pylist()
-    by_status = {"kept": sum(1 for k in keeps if k), "not_scored": sum(1 for k in keeps if k is None)}
-    for r in REASONS:
+    by_status = {KEPT: sum(1 for k in keeps if k), NOT_SCORED: sum(1 for k in keeps if k is None)}
+    for r in DUP_REASONS:
         by_status[r] = reasons.count(r)
     stats = {"input_rows": dup.num_rows, "by_status": by_status,
              "groups": len({g for g in dup.column("dup_group").to_pylist() if g is not None}),

@@ -1,19 +1,20 @@
 """Pixel check for near-duplicate image candidates. SemDeDup proposes pairs whose embeddings are close, the
-copy search (curate.copy_search) pairs whose small thumbnails are; two different pictures of similar things
-are close too. A copy (resized and re-encoded, cropped off-centre, padded, brightened or darkened, turned
+copy search (curate.dedup.copy_search) pairs whose small thumbnails are; two different pictures of similar
+things are close too. A copy (resized and re-encoded, cropped off-centre, padded, brightened or darkened, turned
 grayscale, blurred or watermarked) matches its original once the two are aligned; another glyph in the same
 frame, the same figure in another skin tone or another flag of the same layout does not.
 
 Each pair is aligned first: a window of one image (each edge moved in by up to 20%, off-centre too) against the
-whole of the other, in both directions, searched on a coarse grid at 8 px and refined twice at 16 px. Two tests
-then decide, and both must pass:
+whole of the other, in both directions, searched on a coarse grid at 8 px and refined twice at 16 px. Then:
 - shape: the correlation of the aligned luminance, mean removed and edges stressed (each pixel less
   `EDGE_WEIGHT` times its 3 x 3 neighbourhood mean), so grayscale, brightness and a shared background say
-  nothing, and a glyph drawn elsewhere in the frame does not overlap its lookalike's outline;
-- colour: the aligned images' mean colours over a 4 x 4 grid of cells (a thin border left out), after one
-  brightness factor for the whole picture (between `BRIGHTNESS`), must nowhere differ by more than `colour_max`
-  levels (of 255); a grayscale copy is compared by luminance. A skin tone, a flag's colours or a heart's colour moves some cell's
-  mean far more than any edit of a copy does.
+  nothing, and a glyph drawn elsewhere in the frame does not overlap its lookalike's outline; it must reach the
+  caller's bar;
+- colour (when `colour_max` is set): the aligned images' mean colours over a 4 x 4 grid of cells (a thin border
+  left out), after one brightness factor for the whole picture (between `BRIGHTNESS`), must nowhere differ by
+  more than `colour_max` levels (of 255); a grayscale copy is compared by luminance;
+- the copy verifier (curate.dedup.copy_verifier, when given) judges the pairs that passed: a small network that
+  learnt what a copy keeps and what a lookalike (a skin tone, a flag's colours, a digit in the frame) changes.
 
 Thumbnails are `THUMB_PX` square RGB (12 KB a row, kept for rows that were in some candidate pair)."""
 from __future__ import annotations
@@ -28,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from curate.decode import decode_rgb
-from curate.tars import index_tar, shard_path
+from curate.tars import MemberReader, index_tar, shard_path
 
 THUMB_PX = 64
 EDGE_WEIGHT = 0.8
@@ -41,6 +42,7 @@ COLOUR_INSET = 0.05  # the colour test leaves out this share of each side (a pad
 BRIGHTNESS = (0.65, 1.55)  # one factor for the whole copy
 GRAY_CHROMA = 6.0  # RMS chroma (levels) under which an image counts as grayscale
 CHUNK_ROWS = 512
+CHUNK_PAIRS = 4096  # pairs per batch of the colour test and the verifier (bounded memory)
 
 
 def thumbnail(data: bytes) -> np.ndarray | None:
@@ -73,9 +75,8 @@ class ThumbnailStore:
         path, index = self._index(shard) if shard and key else (None, {})
         where, thumb = index.get(key), None
         if where is not None:
-            with open(path, "rb") as f:
-                f.seek(where[0])
-                thumb = thumbnail(f.read(where[1]))
+            with MemberReader() as reader:  # one tar open at a time, however many shards
+                thumb = thumbnail(reader.read(path, *where))
         return np.zeros((THUMB_PX, THUMB_PX, 3), np.uint8) if thumb is None else thumb
 
     def get(self, rows: np.ndarray) -> np.ndarray:
@@ -176,13 +177,12 @@ def _colour_gap(rgb32: torch.Tensor, mine: torch.Tensor, other: torch.Tensor, cu
     return (b - factor[:, None, None, None] * a).abs().amax((1, 2, 3))
 
 
-def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float,
-                colour_max: float) -> np.ndarray:
-    """Per pair (thumbs[first[p]], thumbs[second[p]]): the aligned shape correlation (1.0 for identical
-    pictures; a plain image matches nothing), or -1 where the colour test fails."""
+def align(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float):
+    """Each pair (thumbs[first[p]], thumbs[second[p]]) aligned: for the pairs whose coarse correlation comes within
+    COARSE_SLACK of `minimum`, their indices, the refined shape correlation, which image's window (`mine`) is
+    matched against the whole of which (`other`), and the window's cuts (top, bottom, left, right shares)."""
     rgb = torch.from_numpy(np.ascontiguousarray(thumbs)).float().permute(0, 3, 1, 2)
-    rgb32 = resample(rgb, 32)
-    lum32 = luma(rgb32, 1)
+    lum32 = luma(resample(rgb, 32), 1)
     lum16 = resample(lum32, 16)
     best, window, flipped = torch.full((len(first),), -2.0), torch.zeros(len(first), dtype=torch.long), None
     for side, (mine, other) in enumerate(((first, second), (second, first))):
@@ -190,16 +190,36 @@ def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minim
         better = sim > best
         best, window = torch.where(better, sim, best), torch.where(better, win, window)
         flipped = better if side else torch.zeros_like(better)
-    match = np.full(len(first), -1.0, np.float32)
     close = torch.nonzero(best >= minimum - COARSE_SLACK).flatten()
-    cuts = torch.tensor(GRID, dtype=torch.float32)
+    mine = torch.where(flipped[close], torch.as_tensor(second)[close], torch.as_tensor(first)[close])
+    other = torch.where(flipped[close], torch.as_tensor(first)[close], torch.as_tensor(second)[close])
+    grid = torch.tensor(GRID, dtype=torch.float32)
+    cuts = torch.cat([grid[window[close] // len(GRID)], grid[window[close] % len(GRID)]], 1)
+    sims = torch.zeros(len(close))
     for lo in range(0, len(close), 1024):
-        pairs = close[lo:lo + 1024]
-        mine = torch.where(flipped[pairs], torch.as_tensor(second)[pairs], torch.as_tensor(first)[pairs])
-        other = torch.where(flipped[pairs], torch.as_tensor(first)[pairs], torch.as_tensor(second)[pairs])
-        edges = torch.cat([cuts[window[pairs] // len(GRID)], cuts[window[pairs] % len(GRID)]], 1)
+        part = slice(lo, lo + 1024)
         for step in REFINE_STEPS:
-            sim, edges = _refine(lum32, mine, other, edges, step)
-        gap = _colour_gap(rgb32, mine, other, edges)
-        match[pairs.numpy()] = torch.where(gap <= colour_max, sim, torch.full_like(sim, -1.0)).numpy()
+            sims[part], cuts[part] = _refine(lum32, mine[part], other[part], cuts[part], step)
+    return close.numpy(), sims, mine, other, cuts
+
+
+def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float,
+                colour_max: float | None, verifier=None) -> np.ndarray:
+    """Per pair (thumbs[first[p]], thumbs[second[p]]): the aligned shape correlation (1.0 for identical
+    pictures; a plain image matches nothing), or -1 where a test fails: the colour test (when `colour_max` is
+    set) or the copy verifier (a curate.dedup.copy_verifier.Verifier, when given)."""
+    close, sims, mine, other, cuts = align(thumbs, first, second, minimum)
+    passed = sims >= minimum  # the cheap tests first; the verifier sees only what passed them
+    if colour_max is not None:
+        rgb32 = resample(torch.from_numpy(np.ascontiguousarray(thumbs)).float().permute(0, 3, 1, 2), 32)
+        for lo in range(0, len(close), CHUNK_PAIRS):
+            part = slice(lo, lo + CHUNK_PAIRS)
+            passed[part] &= _colour_gap(rgb32, mine[part], other[part], cuts[part]) <= colour_max
+    if verifier is not None:
+        ask = torch.nonzero(passed).flatten()
+        for lo in range(0, len(ask), CHUNK_PAIRS):
+            part = ask[lo:lo + CHUNK_PAIRS]
+            passed[part] = torch.from_numpy(verifier.accepts(thumbs, mine[part], other[part], cuts[part]))
+    match = np.full(len(first), -1.0, np.float32)
+    match[close] = torch.where(passed, sims, torch.full_like(sims, -1.0)).numpy()
     return match

@@ -101,7 +101,7 @@ def test_datasketch_optimal_param_still_returns_bands_and_rows():
                "curate/dedup/minhash.py")
 
 
-def test_an_installed_wheel_carries_the_model_configs_and_recipes(tmp_path):
+def test_an_installed_wheel_carries_the_model_configs_recipes_and_verifier(tmp_path):
     """Build the wheel from a copy of the sources, install it alone into a folder and load a model config
     from there, far from the repository's configs/models."""
     import shutil
@@ -119,6 +119,7 @@ def test_an_installed_wheel_carries_the_model_configs_and_recipes(tmp_path):
     assert shipped == sorted(f"curate/models/configs/{p.name}" for p in (ROOT / "configs" / "models").glob("*.json"))
     recipes = sorted(n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("curate/recipes/"))
     assert recipes == sorted(f"curate/recipes/{p.name}" for p in (ROOT / "configs" / "recipes").glob("*.yaml"))
+    assert "curate/dedup/copy_verifier.pt" in zipfile.ZipFile(wheel).namelist()  # dedup's default needs it
 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site),

@@ -14,8 +14,16 @@ from curate.synthetic.copy_edits import EDITS
 from tests.conftest import ROOT
 
 
-DEMO_DEDUP = {"image_match_min": 0.9, "image_colour_max": 10.0}  # configs/demo.yaml's pixel check
-DEMO_DEDUP_ARGS = {"minimum": 0.9, "colour_max": 10.0}
+DEMO_DEDUP = {"image_match_min": 0.75, "image_verifier_min": 0.99, "image_colour_max": 30.0}  # configs/demo.yaml
+
+
+def demo_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """pixel_match at the demo's bars, the shipped copy verifier deciding."""
+    from curate.dedup.copy_verifier import Verifier
+    from curate.dedup.image_match import pixel_match
+
+    return pixel_match(thumbs, first, second, DEMO_DEDUP["image_match_min"], DEMO_DEDUP["image_colour_max"],
+                       Verifier(DEMO_DEDUP["image_verifier_min"]))
 
 
 def _unit(v):
@@ -233,7 +241,7 @@ def test_pixel_match_finds_each_edit_of_the_generator(edit):
     """Copies of a drawn scene under each web-copy edit pass the demo's bars: all of them for resizing, crops
     and photometric edits, at least one of six for padding, rotation and a watermark (BENCHMARKS.md has the
     recall per edit on real pictures); other scenes and a blank image never do."""
-    from curate.dedup.image_match import pixel_match, thumbnail
+    from curate.dedup.image_match import thumbnail
     from curate.synthetic.synth import _near_copy
 
     original, image = _scene_bytes(1)
@@ -244,7 +252,7 @@ def test_pixel_match_finds_each_edit_of_the_generator(edit):
     n_copies = len(copies)
     first = np.array([0] * (n_copies + len(others)) + [0, len(thumbs) - 2])
     second = np.array([*range(1, len(thumbs) - 2), len(thumbs) - 1, len(thumbs) - 1])
-    match = pixel_match(thumbs, first, second, DEMO_DEDUP["image_match_min"], DEMO_DEDUP["image_colour_max"])
+    match = demo_match(thumbs, first, second)
     found = int((match[:n_copies] >= DEMO_DEDUP["image_match_min"]).sum())
     assert found == n_copies if edit in PHOTOMETRIC else found >= 1, match[:n_copies]
     assert (match[n_copies:n_copies + len(others)] < 0.5).all()
@@ -256,7 +264,7 @@ def test_pixel_match_tells_a_recoloured_drawing_from_a_copy():
     the same drawing turned grayscale is a copy."""
     from PIL import ImageOps
 
-    from curate.dedup.image_match import pixel_match, thumbnail
+    from curate.dedup.image_match import thumbnail
     from curate.synthetic.scenes import encode
 
     original, image = _scene_bytes(1)
@@ -266,7 +274,7 @@ def test_pixel_match_tells_a_recoloured_drawing_from_a_copy():
     recoloured = encode(Image.fromarray(pixels))
     gray = encode(ImageOps.grayscale(image).convert("RGB"))
     thumbs = np.stack([thumbnail(b) for b in (original, recoloured, gray)])
-    match = pixel_match(thumbs, np.array([0, 0, 0]), np.array([1, 2, 0]), **DEMO_DEDUP_ARGS)
+    match = demo_match(thumbs, np.array([0, 0, 0]), np.array([1, 2, 0]))
     assert match[0] < 0.9 and match[1] >= 0.9 and match[2] == pytest.approx(1.0, abs=1e-4)
     assert thumbnail(b"not an image") is None
 

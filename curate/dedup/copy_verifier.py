@@ -1,0 +1,128 @@
+"""The copy verifier: a small network that, given two aligned images (curate.dedup.image_match.align), says whether
+the second is a copy of the first. It learns what rules of thumb about cells and colours could not: a
+watermark or a rotation leaves a copy, a face in another skin tone or another digit in the frame does not.
+
+It sees the two 32 px aligned RGB crops and their difference, both ways round (the score is symmetric), and
+answers with a probability. `curate/dedup/copy_verifier.pt` holds the weights the project ships, trained by
+`python -m curate.dedup.copy_verifier_fit` on copies made with curate.synthetic.copy_edits and lookalikes made with
+curate.synthetic.lookalikes of pictures the project holds (see that module for how to train your own)."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from curate.dedup.image_match import resample, window_weights
+
+CROP_PX = 32
+WEIGHTS = Path(__file__).with_name("copy_verifier.pt")
+BATCH = 2048
+IDENTICAL = 2  # levels: aligned crops this close are the same picture, whatever the network says
+
+
+class CopyNet(nn.Module):
+    """Two aligned crops (n, 3, 32, 32) in [0, 1] -> logit that the second is a copy of the first."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(9, width // 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width // 2, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(4 * width, 1)
+
+    def one_way(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        h = self.body(torch.cat([a, b, a - b], 1))
+        return self.head(torch.cat([h.amax((2, 3)), h.mean((2, 3))], 1)).squeeze(1)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self.one_way(a, b) + self.one_way(b, a))
+
+
+def aligned_crops(thumbs: np.ndarray, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor):
+    """(n, 3, 32, 32) float16 crops in [0, 1]: `mine`'s window (cuts: top, bottom, left, right shares) and the
+    whole of `other`, from (rows, s, s, 3) uint8 thumbnails."""
+    rows = torch.unique(torch.cat([mine, other]))  # only the rows these pairs use, as floats
+    rgb = torch.from_numpy(np.ascontiguousarray(thumbs[rows.numpy()])).float().permute(0, 3, 1, 2) / 255
+    mine, other = torch.searchsorted(rows, mine), torch.searchsorted(rows, other)
+    size = rgb.shape[-1]
+    a, b = [], []
+    for lo in range(0, len(mine), BATCH):
+        part = slice(lo, lo + BATCH)
+        wy = window_weights(size, CROP_PX, cuts[part, 0].numpy(), cuts[part, 1].numpy())
+        wx = window_weights(size, CROP_PX, cuts[part, 2].numpy(), cuts[part, 3].numpy())
+        a.append(torch.einsum("npy,ncyx,nqx->ncpq", wy, rgb[mine[part]], wx).half())
+        b.append(resample(rgb[other[part]], CROP_PX).half())
+    empty = torch.zeros((0, 3, CROP_PX, CROP_PX), dtype=torch.float16)
+    return (torch.cat(a), torch.cat(b)) if a else (empty, empty)
+
+
+@torch.no_grad()
+def probabilities(net: CopyNet, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    net.eval()
+    out = [torch.sigmoid(net(a[lo:lo + BATCH].float(), b[lo:lo + BATCH].float())) for lo in range(0, len(a), BATCH)]
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+class Verifier:
+    """The pixel check's last test: a pair passes when the network's probability reaches `minimum`."""
+
+    def __init__(self, minimum: float, weights: Path = WEIGHTS):
+        self.minimum, self.net = minimum, _load(str(weights))
+
+    def accepts(self, thumbs: np.ndarray, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor) -> np.ndarray:
+        """Per pair: a copy by the network, or the same pixels (within IDENTICAL levels) once aligned."""
+        a, b = aligned_crops(thumbs, mine, other, cuts)
+        identical = ((a.float() - b.float()).abs().amax((1, 2, 3)) <= IDENTICAL / 255).numpy()
+        return identical | (probabilities(self.net, a, b) >= self.minimum)
+
+
+@lru_cache(maxsize=2)
+def _load(weights: str) -> CopyNet:
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"copy verifier weights {weights} are missing: train them with `python -m "
+                                f"curate.dedup.copy_verifier_fit --out {weights}` or set "
+                                "dedup.image_verifier_min: null")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    net = CopyNet(width=int(state.pop("width").item()))
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def fit(a: torch.Tensor, b: torch.Tensor, label: np.ndarray, steps: int = 2000, batch: int = 128,
+        seed: int = 0) -> CopyNet:
+    """Train on aligned crop pairs (label 1 = copy), copies and non-copies drawn half and half; each batch
+    flipped, turned and swapped at random (the same for both crops), which keeps every label."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = CopyNet()
+    opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
+    copies, others = np.flatnonzero(label == 1), np.flatnonzero(label == 0)
+    net.train()
+    for _ in tqdm(range(steps), desc="copy verifier: train", unit="step", mininterval=5):
+        rows = np.concatenate([rng.choice(copies, batch // 2), rng.choice(others, batch // 2)])
+        x, y = a[rows].float(), b[rows].float()
+        if rng.random() < 0.5:
+            x, y = x.flip(3), y.flip(3)
+        turns = int(rng.integers(4))
+        x, y = x.rot90(turns, (2, 3)), y.rot90(turns, (2, 3))
+        swap = torch.from_numpy(rng.random(len(rows)) < 0.5)[:, None, None, None]
+        x, y = torch.where(swap, y, x), torch.where(swap, x, y)
+        loss = F.binary_cross_entropy_with_logits(net.one_way(x, y), torch.from_numpy(label[rows]).float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+    return net.eval()
+
+
+def save(net: CopyNet, path: Path) -> None:
+    state = dict(net.state_dict(), width=torch.tensor(net.head.in_features // 4))
+    torch.save(state, path)

@@ -1,0 +1,142 @@
+"""Train the copy verifier (curate.dedup.copy_verifier) on pictures you hold:
+
+    python -m curate.dedup.copy_verifier_fit --pairs ../shared/data/emoji --pairs ../shared/data/icons \\
+        --scenes 3000 --out curate/dedup/copy_verifier.pt
+
+Copies: each picture with edits of curate.synthetic.copy_edits (each kind in turn), re-encoded. Non-copies: lookalikes
+of each picture (curate.synthetic.lookalikes) and each picture's nearest other pictures by the copy search
+(curate.dedup.copy_search), which on real data are other glyphs in the same frame, other skin tones, the same thing
+drawn alike. Every pair is aligned as the pixel check aligns it and kept when its shape correlation comes near
+`--gate`. `--hold-out COLUMN=V1,V2` leaves rows out (to measure on pictures the verifier never saw)."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from curate.synthetic.copy_edits import EDITS, edit_copy, jpeg_quality
+from curate.dedup.copy_search import copy_candidates
+from curate.dedup.copy_verifier import aligned_crops, fit, save
+from curate.dedup.image_match import align, thumbnail
+from curate.synthetic.lookalikes import lookalike
+from curate.synthetic.scenes import encode, random_scene, render
+
+log = logging.getLogger(__name__)
+GATE = 0.6  # the shape correlation (less the pixel check's coarse slack) a training pair must come near
+
+
+class ArrayStore:
+    """Thumbnails held in memory, with the ThumbnailStore's `get`."""
+
+    def __init__(self, thumbs: np.ndarray):
+        self.thumbs = thumbs
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        return self.thumbs[rows]
+
+
+def _held_out(table, hold_out: dict[str, set[str]]) -> np.ndarray:
+    out = np.zeros(table.num_rows, bool)
+    for column, values in hold_out.items():
+        if column in table.column_names:
+            out |= np.isin(np.asarray(table.column(column).to_pylist(), dtype=object), list(values))
+    return out
+
+
+def load_pictures(pairs_dirs: list[Path], hold_out: dict[str, set[str]], max_per_dir: int, scenes: int,
+                  seed: int, held_out_only: bool = False) -> np.ndarray:
+    """(n, 64, 64, 3) distinct thumbnails: up to `max_per_dir` rows of each pairs folder (rows matching
+    `hold_out` left out, or only those with `held_out_only`), plus `scenes` rendered scenes."""
+    rng = np.random.default_rng(seed)
+    thumbs, seen = [], set()
+    for root in pairs_dirs:
+        table = pq.read_table(root / "pairs.parquet", columns=None)
+        chosen = np.flatnonzero(_held_out(table, hold_out) == held_out_only)
+        paths = table.column("path").to_pylist()
+        rows = rng.permutation(chosen)[:max_per_dir]
+        for row in tqdm(rows, desc=f"pictures of {root.name}", unit="img", leave=False):
+            thumb = thumbnail((root / paths[row]).read_bytes())
+            digest = None if thumb is None else hashlib.sha256(thumb.tobytes()).digest()
+            if digest is not None and digest not in seen:
+                seen.add(digest)
+                thumbs.append(thumb)
+    for _ in range(scenes):
+        w, h = (int(v) for v in rng.integers(96, 160, size=2))
+        thumbs.append(thumbnail(encode(render(random_scene(rng), rng, w, h))))
+    return np.stack(thumbs)
+
+
+def _encoded_thumb(img: Image.Image, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return thumbnail(buf.getvalue())
+
+
+def labelled_pairs(pictures: np.ndarray, seed: int, copies: int = 2, lookalikes: int = 2, neighbours: int = 10):
+    """Thumbnails (the pictures, then their copies and lookalikes) and pairs of them: first, second, label
+    (1 = copy) and kind (the edit, the lookalike's change, or `neighbour`)."""
+    rng = np.random.default_rng(seed)
+    n = len(pictures)
+    extra, first, kind, label = [], [], [], []
+    for i in tqdm(range(n), desc="copies and lookalikes", unit="img", leave=False):
+        img = Image.fromarray(pictures[i])
+        for c in range(copies):
+            edit = EDITS[(i * copies + c) % len(EDITS)]
+            extra.append(_encoded_thumb(edit_copy(img, edit, rng), jpeg_quality(edit, rng)))
+            first.append(i), kind.append(edit), label.append(1)
+        for _ in range(lookalikes):
+            changed, change = lookalike(img, Image.fromarray(pictures[rng.integers(n)]), rng)
+            extra.append(_encoded_thumb(changed, int(rng.integers(70, 90))))
+            first.append(i), kind.append(change), label.append(0)
+    near_a, near_b = copy_candidates(ArrayStore(pictures), n, neighbours, seed)
+    return (np.concatenate([pictures, np.stack(extra)]), np.concatenate([np.array(first), near_a]),
+            np.concatenate([n + np.arange(len(extra)), near_b]),
+            np.concatenate([np.array(label), np.zeros(len(near_a), int)]),
+            np.concatenate([np.array(kind), np.full(len(near_a), "neighbour")]))
+
+
+def training_pairs(pictures: np.ndarray, seed: int, gate: float = GATE):
+    """Aligned crop pairs (a, b) of `labelled_pairs` whose shape correlation comes near `gate`, and their labels."""
+    thumbs, first, second, label, _ = labelled_pairs(pictures, seed)
+    close, _, mine, other, cuts = align(thumbs, first, second, gate)
+    a, b = aligned_crops(thumbs, mine, other, cuts)
+    return a, b, label[close]
+
+
+def _hold_out_arg(text: str) -> tuple[str, set[str]]:
+    column, _, values = text.partition("=")
+    if not column or not values:
+        raise argparse.ArgumentTypeError(f"--hold-out wants COLUMN=V1,V2, not {text!r}")
+    return column, set(values.split(","))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=Path, action="append", default=[], help="a pairs folder (repeatable)")
+    parser.add_argument("--hold-out", type=_hold_out_arg, action="append", default=[],
+                        help="COLUMN=V1,V2: leave these rows out of training")
+    parser.add_argument("--max-per-dir", type=int, default=8000, help="pictures drawn from each pairs folder")
+    parser.add_argument("--scenes", type=int, default=3000, help="rendered scenes added (colour, backgrounds)")
+    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True, help="where the weights go")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    pictures = load_pictures(args.pairs, dict(args.hold_out), args.max_per_dir, args.scenes, args.seed)
+    a, b, label = training_pairs(pictures, args.seed)
+    log.info("%d pictures, %d aligned pairs (%d copies)", len(pictures), len(label), int(label.sum()))
+    save(fit(a, b, label, args.steps, seed=args.seed), args.out)
+    log.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()

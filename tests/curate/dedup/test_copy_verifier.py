@@ -1,0 +1,60 @@
+"""The copy verifier: training, saving and loading, the lookalikes it learns from, and a clear error without
+weights."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from curate.dedup.copy_verifier import CopyNet, Verifier, fit, probabilities, save
+from curate.dedup.copy_verifier_fit import labelled_pairs, training_pairs
+from curate.synthetic.lookalikes import KINDS, lookalike
+from curate.synthetic.scenes import random_scene, render
+
+
+def _pictures(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([np.asarray(render(random_scene(rng), rng, 64, 64)) for _ in range(n)])
+
+
+def test_each_lookalike_changes_part_of_the_picture_not_all_of_it():
+    rng = np.random.default_rng(0)
+    pictures = _pictures(12)
+    seen = set()
+    for i, picture in enumerate(pictures):
+        changed, kind = lookalike(Image.fromarray(picture), Image.fromarray(pictures[(i + 1) % 12]), rng)
+        seen.add(kind)
+        moved = np.abs(np.asarray(changed).astype(int) - picture).sum(2) > 30
+        assert kind in KINDS and 0 < moved.mean() < 0.6, (kind, moved.mean())
+    assert len(seen) >= 2
+
+
+def test_labelled_pairs_hold_copies_lookalikes_and_neighbours():
+    pictures = _pictures(30)
+    thumbs, first, second, label, kind = labelled_pairs(pictures, seed=0, copies=1, lookalikes=1, neighbours=3)
+    assert len(thumbs) == 30 + 60 and (label[kind == "neighbour"] == 0).all()
+    assert label.sum() == 30 and set(kind[label == 1]) <= {"resize_jpeg", "crop", "pad", "rotate", "brightness",
+                                                            "grayscale", "blur", "watermark"}
+    assert (first != second).all() and ((kind == "neighbour") == ((first < 30) & (second < 30))).all()
+
+
+def test_a_trained_verifier_saves_and_loads_the_same_answers(tmp_path):
+    a, b, label = training_pairs(_pictures(24), seed=0, gate=-1.0)
+    assert 0 < label.sum() < len(label)
+    net = fit(a, b, label, steps=20, batch=16)
+    save(net, tmp_path / "w.pt")
+    loaded = Verifier(0.5, tmp_path / "w.pt").net
+    assert np.allclose(probabilities(net, a, b), probabilities(loaded, a, b), atol=1e-6)
+    assert np.allclose(probabilities(net, a, b), probabilities(net, b, a), atol=1e-5)  # symmetric
+
+
+def test_missing_weights_name_the_way_out(tmp_path):
+    with pytest.raises(FileNotFoundError, match="copy_verifier_fit"):
+        Verifier(0.5, tmp_path / "none.pt")
+
+
+def test_the_shipped_weights_load():
+    net = Verifier(0.5).net
+    assert isinstance(net, CopyNet)
+    x = torch.rand((4, 3, 32, 32))
+    p = probabilities(net, x, x.flip(3))
+    assert p.shape == (4,) and ((0 <= p) & (p <= 1)).all()
