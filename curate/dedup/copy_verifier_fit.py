@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="COLUMN=V1,V2: leave these rows out of training")
     parser.add_argument("--max-per-dir", type=int, default=8000, help="pictures drawn from each pairs folder")
     parser.add_argument("--scenes", type=int, default=3000, help="rendered scenes added (colour, backgrounds)")
-    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--steps", type=int, default=24000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="where the weights go")
     args = parser.parse_args(argv)
