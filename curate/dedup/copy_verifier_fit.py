@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import logging
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
-import torch
 from PIL import Image
 from tqdm import tqdm
 
-from curate.synthetic.copy_edits import EDITS, edit_copy, jpeg_quality
 from curate.dedup.copy_search import copy_candidates
 from curate.dedup.copy_verifier import aligned_crops, fit, save
 from curate.dedup.image_match import align, thumbnail
+from curate.pairs import read_pairs
+from curate.synthetic.copy_edits import EDITS, edit_copy, jpeg_quality
 from curate.synthetic.lookalikes import lookalike
 from curate.synthetic.scenes import encode, random_scene, render
 
@@ -58,7 +56,7 @@ def load_pictures(pairs_dirs: list[Path], hold_out: dict[str, set[str]], max_per
     rng = np.random.default_rng(seed)
     thumbs, seen = [], set()
     for root in pairs_dirs:
-        table = pq.read_table(root / "pairs.parquet", columns=None)
+        table = read_pairs(root)
         chosen = np.flatnonzero(_held_out(table, hold_out) == held_out_only)
         paths = table.column("path").to_pylist()
         rows = rng.permutation(chosen)[:max_per_dir]
@@ -74,12 +72,6 @@ def load_pictures(pairs_dirs: list[Path], hold_out: dict[str, set[str]], max_per
     return np.stack(thumbs)
 
 
-def _encoded_thumb(img: Image.Image, quality: int) -> np.ndarray:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return thumbnail(buf.getvalue())
-
-
 def labelled_pairs(pictures: np.ndarray, seed: int, copies: int = 2, lookalikes: int = 2, neighbours: int = 10):
     """Thumbnails (the pictures, then their copies and lookalikes) and pairs of them: first, second, label
     (1 = copy) and kind (the edit, the lookalike's change, or `neighbour`)."""
@@ -90,11 +82,11 @@ def labelled_pairs(pictures: np.ndarray, seed: int, copies: int = 2, lookalikes:
         img = Image.fromarray(pictures[i])
         for c in range(copies):
             edit = EDITS[(i * copies + c) % len(EDITS)]
-            extra.append(_encoded_thumb(edit_copy(img, edit, rng), jpeg_quality(edit, rng)))
+            extra.append(thumbnail(encode(edit_copy(img, edit, rng), quality=jpeg_quality(edit, rng))))
             first.append(i), kind.append(edit), label.append(1)
         for _ in range(lookalikes):
             changed, change = lookalike(img, Image.fromarray(pictures[rng.integers(n)]), rng)
-            extra.append(_encoded_thumb(changed, int(rng.integers(70, 90))))
+            extra.append(thumbnail(encode(changed, quality=int(rng.integers(70, 90)))))
             first.append(i), kind.append(change), label.append(0)
     near_a, near_b = copy_candidates(ArrayStore(pictures), n, neighbours, seed)
     return (np.concatenate([pictures, np.stack(extra)]), np.concatenate([np.array(first), near_a]),
@@ -130,7 +122,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="where the weights go")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     pictures = load_pictures(args.pairs, dict(args.hold_out), args.max_per_dir, args.scenes, args.seed)
     a, b, label = training_pairs(pictures, args.seed)
     log.info("%d pictures, %d aligned pairs (%d copies)", len(pictures), len(label), int(label.sum()))
