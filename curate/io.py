@@ -129,16 +129,19 @@ class Part:
         return self.stage_dir / f".{self.name}.{self.attempt}.tmp"
 
 
-def move_staged(part: Part) -> None:
+def move_staged(part: Part) -> list[Path]:
     """Move every file of an attempt's staging folder to the same place in the stage folder, then remove
-    the staging folders of every attempt of this part (ones left by dead workers included)."""
-    staging = part.staging_dir
+    the staging folders of every attempt of this part (ones left by dead workers included); returns the
+    files moved."""
+    staging, moved = part.staging_dir, []
     for path in sorted(p for p in staging.rglob("*") if p.is_file()):
         target = part.stage_dir / path.relative_to(staging)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)
+        moved.append(target)
     for stale in part.stage_dir.glob(f".{part.name}.*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
+    return moved
 
 
 def read_done(part: Part) -> dict | None:

@@ -56,6 +56,9 @@ class MapStage:
     requires: tuple[str, ...] = (UID,)
     provides: tuple[str, ...] = ()
     resources: Resources = Resources()
+    # Its part reads only its input (and its earlier output) and writes only under `staging_dir`, so it can
+    # run on a node that does not mount the run directory (pipelines/ray_runner.py, curate/mirror.py).
+    portable: bool = False
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -121,11 +124,13 @@ def stage_part(stage: MapStage, part: Part, node: str | None = None) -> tuple[Pa
     return attempt, marker
 
 
-def commit_part(attempt: Part, marker: dict) -> None:
-    """Move an attempt's outputs into place, then mark the part done. Only the driver that received the
-    attempt's result calls this, so a part that a worker finishes after its driver died never counts."""
-    move_staged(attempt)
+def commit_part(attempt: Part, marker: dict) -> list[Path]:
+    """Move an attempt's outputs into place, then mark the part done; returns the files it placed, marker
+    last. Only the driver that received the attempt's result calls this, so a part that a worker finishes
+    after its driver died never counts."""
+    moved = move_staged(attempt)
     write_done(attempt, marker)
+    return [*moved, attempt.done_path]
 
 
 def run_part(stage: MapStage, part: Part) -> dict:

@@ -29,6 +29,21 @@ stage and any failed parts named; rerun the same command to retry them) or a com
 """
 
 
+def location(text: str) -> Path | str:
+    """A command-line folder or file: a URL (s3://bucket/prefix) stays a string."""
+    from curate.storage import is_url, local_path
+
+    return text.rstrip("/") if is_url(text) else local_path(text)
+
+
+def _local(where, storage=None) -> Path:
+    """A local copy of an input file or folder given as a path or a URL."""
+    from curate.mirror import fetch_input
+    from curate.storage import is_url
+
+    return fetch_input(where, storage) if is_url(where) else where
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set download.timeout_s=5 (repeatable)")
@@ -66,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run the stages of CONFIG into --out. Finished parts are skipped, so "
                                      "rerunning the same command resumes an interrupted run.")
     run.add_argument("config", type=Path, help="pipeline YAML, e.g. configs/demo.yaml")
-    run.add_argument("--out", type=Path, required=True, help="run directory")
+    run.add_argument("--out", type=location, required=True, help="run directory: a folder or s3://bucket/prefix")
     run.add_argument("--stages", help="comma-separated subset of the config's stages, e.g. download")
     run.add_argument("--no-report", action="store_true",
                      help="do not write RUN/report.html at the end (`curate report RUN` writes it later)")
@@ -77,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "its URLs serve. Noise fractions: --set noise.mismatched_caption=0.1 ...")
     synth.add_argument("--n", type=int, help="pool rows (default 2000; with --from-pairs: every pair + dups)")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--from-pairs", type=Path, help="add the noise to a clean pairs directory instead")
-    synth.add_argument("--out", type=Path, required=True, help="output directory")
+    synth.add_argument("--from-pairs", type=location, help="add the noise to a clean pairs directory instead "
+                       "(a folder or a URL)")
+    synth.add_argument("--out", type=location, required=True, help="output directory (a folder or a URL)")
     synth.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a synth key, e.g. --set noise.broken=0.1")
     synth.add_argument("-v", "--verbose", action="store_true")
@@ -87,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Download INPUT (parquet, csv or jsonl; column names via --set "
                                     "download.url_col=...) into OUT/download: img2dataset shards plus a "
                                     "Parquet per part with a status for every input row.")
-    dl.add_argument("--input", type=Path, required=True, help="input file or folder of files")
-    dl.add_argument("--out", type=Path, required=True, help="run directory (writes OUT/download)")
+    dl.add_argument("--input", type=location, required=True, help="input file or folder of files (or a URL)")
+    dl.add_argument("--out", type=location, required=True, help="run directory (writes OUT/download)")
     dl.add_argument("--serve", type=Path, metavar="SYNTH_DIR",
                     help="serve a `curate synth` folder on loopback while downloading")
     _add_common(dl)
@@ -97,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train the model of CONFIG (a train YAML, e.g. configs/train/emoji-twitter.yaml) "
                                     "into OUT: checkpoint.pt, metrics.jsonl, summary.json. Rerunning resumes.")
     tr.add_argument("config", type=Path)
-    tr.add_argument("--out", type=Path, required=True)
+    tr.add_argument("--out", type=location, required=True, help="output folder or URL")
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key, e.g. --set samples_seen=5000 --set data.workers=0")
     tr.add_argument("-v", "--verbose", action="store_true")
@@ -110,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "kept; failed cells are recorded with their error and retried on rerun. "
                                      "Exit 1 when some cell failed.")
     cmp.add_argument("config", type=Path, help="compare YAML, e.g. configs/compare/emoji.yaml")
-    cmp.add_argument("--out", type=Path, required=True, help="run directory (pipeline outputs, train/, results)")
+    cmp.add_argument("--out", type=location, required=True,
+                     help="run directory (pipeline outputs, train/, results): a folder or a URL")
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a key, e.g. --set grids.tiers.seeds=[0] --set samples_seen=2560")
     cmp.add_argument("-v", "--verbose", action="store_true")
@@ -118,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     for stage, about in stage_commands().items():
         sp = sub.add_parser(stage, help=about, description=about + STAGE_DESCRIPTION,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-        sp.add_argument("--out", type=Path, required=True, help="run directory, e.g. runs/demo")
+        sp.add_argument("--out", type=location, required=True, help="run directory, e.g. runs/demo or s3://b/demo")
         sp.add_argument("--config", type=Path,
                         help="pipeline YAML for the stage's section (default: OUT/config.resolved.yaml if present)")
         _add_common(sp)
@@ -139,7 +156,7 @@ balanced subset's expected size.""",
 example:
   curate metadata --out runs/demo --t 50 --class-names configs/compare/emoji_classes.txt
 """)
-    md.add_argument("--out", type=Path, required=True, help="run directory with downloaded (and scored) parts")
+    md.add_argument("--out", type=location, required=True, help="run directory with downloaded (and scored) parts")
     md.add_argument("--t", type=int, default=20000, metavar="T", help="the balancing threshold to show the split for "
                     "(default 20000, MetaCLIP's for a 1.6B pool; scale it with the pool)")
     md.add_argument("--min-count", type=int, metavar="N",
@@ -156,22 +173,23 @@ example:
                          description="Render one self-contained HTML page (plots and thumbnails embedded, no "
                                      "network) from the files of RUN_DIR; sections the run lacks say so. "
                                      "`curate run` writes it at the end of every run.")
-    rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    rep.add_argument("run_dir", type=location, metavar="RUN_DIR")
     rep.add_argument("--out", type=Path, help="write the page here instead of RUN_DIR/report.html")
     rep.add_argument("-v", "--verbose", action="store_true")
 
     st = sub.add_parser("status", help="parts done, failed and pending per stage of a run",
                         description="Read RUN_DIR (in progress or finished) and print, per stage, its parts done "
                                     "(done markers), failed (named in the stage's stats.json) and pending.")
-    st.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    st.add_argument("run_dir", type=location, metavar="RUN_DIR")
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.add_argument("-v", "--verbose", action="store_true")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a pairs directory; prints JSON",
                         description="Zero-shot top-1/top-5 per --class-column, image<->text recall@1/5/10, and a "
                                     "linear probe on frozen image features (fixed 80/20 split).")
-    ev.add_argument("--checkpoint", type=Path, required=True)
-    ev.add_argument("--eval-set", type=Path, required=True, help="pairs directory (pairs.parquet: path, caption)")
+    ev.add_argument("--checkpoint", type=location, required=True)
+    ev.add_argument("--eval-set", type=location, required=True,
+                    help="pairs directory (pairs.parquet: path, caption), a folder or a URL")
     ev.add_argument("--class-column", action="append", default=[], help="class column, e.g. group (repeatable)")
     ev.add_argument("--where", action="append", default=[], metavar="COL=VALUE",
                     help="evaluate only rows where COL equals VALUE, e.g. --where vendor=google")
@@ -217,16 +235,17 @@ Work = Callable[[], int]
 
 def _cmd_run(args) -> Work:
     from pipelines.config import load_config
-    from pipelines.run import check_pipeline, run_pipeline
+    from pipelines.run import check_pipeline, open_run, run_pipeline
 
     overrides = args.overrides + _runner_overrides(args)
     if args.stages:
         overrides.append(f"stages=[{args.stages}]")
     cfg = load_config(args.config, overrides)
-    check_pipeline(cfg, args.out)
+    out_dir, copy = open_run(args.out, cfg.storage)
+    check_pipeline(cfg, out_dir)
 
     def work() -> int:
-        stats = run_pipeline(cfg, args.out, report=not args.no_report)
+        stats = run_pipeline(cfg, out_dir, report=not args.no_report, copy=copy)
         for stage, s in stats.items():
             if stage != "synth" and "by_status" in s:
                 print_funnel(stage, s)
@@ -240,15 +259,17 @@ def _cmd_run(args) -> Work:
 def _cmd_stage(args) -> Work:
     """`curate score|dedup|tier|shard --out RUN`: one stage, on the run's own settings."""
     from pipelines.config import load_config
-    from pipelines.run import check_pipeline, run_pipeline
+    from pipelines.run import check_pipeline, open_run, run_pipeline
 
-    resolved = args.out / "config.resolved.yaml"
+    overrides = args.overrides + _runner_overrides(args)
+    out_dir, copy = open_run(args.out, load_config(args.config, overrides).storage)  # a store: its settings
+    resolved = out_dir / "config.resolved.yaml"                                      # come from here or the env
     config = args.config or (resolved if resolved.exists() else None)
-    cfg = load_config(config, args.overrides + _runner_overrides(args))
-    check_pipeline(cfg, args.out, [args.command])
+    cfg = load_config(config, overrides)
+    check_pipeline(cfg, out_dir, [args.command])
 
     def work() -> int:
-        stats = run_pipeline(cfg, args.out, only=[args.command])[args.command]
+        stats = run_pipeline(cfg, out_dir, only=[args.command], copy=copy)[args.command]
         if "by_status" in stats:
             print_funnel(args.command, stats)
         elif "subsets" in stats:
@@ -257,9 +278,16 @@ def _cmd_stage(args) -> Work:
     return work
 
 
+def _push(copy) -> None:
+    """Upload what a command wrote into the working copy of a run on a store (nothing for a local run)."""
+    if copy is not None:
+        copy.push()
+
+
 def _cmd_synth(args) -> Work:
     from curate.synthetic.synth import synthesize
     from pipelines.config import load_config
+    from pipelines.run import open_run
 
     overrides = [f"synth.{o}" for o in args.overrides] + [f"synth.seed={args.seed}"]
     if args.n is not None:
@@ -267,32 +295,38 @@ def _cmd_synth(args) -> Work:
     elif args.from_pairs:
         overrides.append("synth.n=null")
     if args.from_pairs:
-        _require(args.from_pairs / "pairs.parquet", "pairs table")
-        overrides.append(f"synth.from_pairs={args.from_pairs}")
+        pairs = _local(args.from_pairs)
+        _require(pairs / "pairs.parquet", "pairs table")
+        overrides.append(f"synth.from_pairs={pairs}")
     cfg = load_config(None, overrides).synth
+    out_dir, copy = open_run(args.out)
 
     def work() -> int:
-        table = synthesize(cfg, args.out)
-        print(json.dumps({"rows": table.num_rows, "pool": str(args.out / "pool.parquet")}))
+        table = synthesize(cfg, out_dir)
+        _push(copy)
+        print(json.dumps({"rows": table.num_rows, "pool": f"{args.out}/pool.parquet"}))
         return 0
     return work
 
 
 def _cmd_download(args) -> Work:
-    from curate.download.download import run_download
+    from curate.download.download import local_input, run_download
     from curate.download.pool_input import split_input
     from pipelines.config import load_config
-    from pipelines.run import make_runner
+    from pipelines.run import make_runner, open_run
 
     cfg = load_config(None, args.overrides + _runner_overrides(args) + [f"download.input={args.input}"])
-    split_input(cfg.download, args.out.resolve() / "download")  # reads and checks the input (once per run)
+    out_dir, copy = open_run(args.out, cfg.storage)
+    download = local_input(cfg)
+    split_input(download, out_dir.resolve() / "download")  # reads and checks the input (once per run)
 
     def work() -> int:
-        runner = make_runner(cfg.runner)
+        runner = make_runner(cfg.runner, copy)
         try:
-            stats = run_download(cfg.download, args.out, runner, args.serve)
+            stats = run_download(download, out_dir, runner, args.serve)
         finally:
             runner.close()
+            _push(copy)
         print_funnel("download", stats)
         return 0
     return work
@@ -304,11 +338,19 @@ def _cmd_train(args) -> Work:
     from train.data import check_source
     from train.train import train
 
+    from pipelines.run import open_run
+
     cfg = load_config(args.config, args.overrides, schema=TrainConfig)
+    if cfg.data.pairs is not None:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"pairs": _local(cfg.data.pairs)})})
     check_source(cfg.data)
+    out_dir, copy = open_run(args.out)
 
     def work() -> int:
-        print(json.dumps(train(cfg, args.out)))
+        try:
+            print(json.dumps(train(cfg, out_dir)))
+        finally:
+            _push(copy)
         return 0
     return work
 
@@ -317,18 +359,22 @@ def _cmd_compare(args) -> Work:
     from pipelines.compare import CompareConfig, compare
     from pipelines.config import load_config
 
-    cfg = load_config(args.config, args.overrides, schema=CompareConfig)
-    if cfg.pipeline is not None:
-        from pipelines.run import check_pipeline
+    from pipelines.run import check_pipeline, open_run
 
-        check_pipeline(cfg.pipeline, args.out)
+    cfg = load_config(args.config, args.overrides, schema=CompareConfig)
+    out_dir, copy = open_run(args.out, cfg.pipeline.storage if cfg.pipeline is not None else None)
+    if cfg.pipeline is not None:
+        check_pipeline(cfg.pipeline, out_dir)
 
     def work() -> int:
-        rows = compare(cfg, args.out)
+        try:
+            rows = compare(cfg, out_dir)
+        finally:
+            _push(copy)
         failed = [f"{r['subset']}/{r['strategy']}/{r['model']}/s{r['seed']}/{r['regime']}: {r['error']}"
                   for r in rows if r["status"] != "ok"]
         print(json.dumps({"cells": len(rows), "ok": len(rows) - len(failed), "failed": len(failed),
-                          "results": str(args.out / "results.csv"), "summary": str(args.out / "summary.csv")}))
+                          "results": f"{args.out}/results.csv", "summary": f"{args.out}/summary.csv"}))
         if failed:
             print("failed cells (rerun the same command to retry them):\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1 if failed else 0
@@ -340,6 +386,7 @@ def _cmd_metadata(args) -> Work:
 
     from curate.tier.metadata import ENTRIES, MetadataConfig, build_metadata, head_tail
     from curate.tier.tier import ok_captions
+    from pipelines.run import open_run
 
     given = {"min_count": args.min_count, "min_pmi": args.min_pmi}
     cfg = MetadataConfig(class_names=args.class_names, **{k: v for k, v in given.items() if v is not None})
@@ -347,39 +394,47 @@ def _cmd_metadata(args) -> Work:
         _require(path, "class names file")
     if args.t < 1:
         raise ValueError("--t must be at least 1")
-    captions = ok_captions(args.out)
+    out_dir, copy = open_run(args.out)
+    captions = ok_captions(out_dir)
 
     def work() -> int:
-        built = build_metadata(captions, cfg, args.out)
+        built = build_metadata(captions, cfg, out_dir)
+        _push(copy)
         counts = built["counts"]
         print(f"{'captions':>9}  {'side':<5} entry")
         for i in np.argsort(-counts, kind="stable")[:args.top]:
             side = "head" if counts[i] > args.t else "tail" if counts[i] else "-"
             print(f"{counts[i]:>9}  {side:<5} {built['entries'][i]}")
         split = head_tail(counts, built["rows"], built["matched"], args.t, len(captions))
-        print(json.dumps({**split, "entries_file": str(args.out / ENTRIES)}))
+        print(json.dumps({**split, "entries_file": f"{args.out}/{ENTRIES}"}))
         return 0
     return work
 
 
 def _cmd_report(args) -> Work:
     from curate.report.build import write_report
+    from pipelines.run import open_run
 
-    _require(args.run_dir, "run directory")
+    run_dir, copy = open_run(args.run_dir)
+    _require(run_dir, "run directory")
 
     def work() -> int:
-        print(write_report(args.run_dir, args.out))
+        page = write_report(run_dir, args.out)
+        _push(copy)
+        print(f"{args.run_dir}/report.html" if copy is not None and args.out is None else page)
         return 0
     return work
 
 
 def _cmd_status(args) -> Work:
     from curate.report.status import format_status, run_status
+    from pipelines.run import open_run
 
-    _require(args.run_dir, "run directory")
+    run_dir, _ = open_run(args.run_dir)
+    _require(run_dir, "run directory")
 
     def work() -> int:
-        rows = run_status(args.run_dir)
+        rows = run_status(run_dir)
         print(json.dumps(rows, indent=2) if args.json else format_status(rows))
         return 0
     return work
@@ -391,11 +446,12 @@ def _cmd_eval(args) -> Work:
     where = dict(w.split("=", 1) for w in args.where if "=" in w)
     if len(where) != len(args.where):
         raise ValueError("--where takes COL=VALUE")
-    _require(args.checkpoint, "checkpoint")
-    _require(args.eval_set / "pairs.parquet", "pairs table")
+    checkpoint, eval_set = _local(args.checkpoint), _local(args.eval_set)
+    _require(checkpoint, "checkpoint")
+    _require(eval_set / "pairs.parquet", "pairs table")
 
     def work() -> int:
-        print(json.dumps(evaluate(args.checkpoint, args.eval_set, args.class_column, where)))
+        print(json.dumps(evaluate(checkpoint, eval_set, args.class_column, where)))
         return 0
     return work
 

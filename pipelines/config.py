@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from curate.registry import NAMES, STEPS
 from curate.stage import ConfigError
+from curate.storage import SECRET_KEYS, StorageConfig
 
 PROVENANCE_PACKAGES = ("torch", "open_clip_torch", "img2dataset", "webdataset", "ray", "pyarrow", "pydantic")
 
@@ -33,6 +34,9 @@ class PipelineBase(BaseModel):
     stages: list[str] = Field(default_factory=lambda: [s.name for s in STEPS if s.default])
     serve_synth: bool = Field(True, description="serve the run's synth files on loopback while downloading")
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig,
+                                   description="how to reach an object store (--out s3://...); secrets never "
+                                               "reach config.resolved.yaml")
 
     @field_validator("stages")
     @classmethod
@@ -119,7 +123,7 @@ def write_resolved(cfg: PipelineConfig, out_dir: Path) -> Path:
     header = [f"# resolved {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
               f"# git_sha: {_git_sha()}"]
     header += [f"# {p}: {_version(p)}" for p in PROVENANCE_PACKAGES]
-    body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    body = yaml.safe_dump(cfg.model_dump(mode="json", exclude={"storage": set(SECRET_KEYS)}), sort_keys=False)
     path = out_dir / "config.resolved.yaml"
     path.write_text("\n".join(header) + "\n" + body)
     return path

@@ -5,21 +5,33 @@ import logging
 from pathlib import Path
 
 from curate.download.pool_input import InputError
+from curate.mirror import WorkingCopy, open_copy
 from curate.registry import BY_NAME
 from curate.report.build import write_report, write_report_after_failure
 from curate.stage import RunContext, StageFailed
+from curate.storage import StorageConfig, is_url
 from pipelines.config import PipelineConfig, RunnerConfig, write_resolved
 from pipelines.runners import LocalRunner
 
 log = logging.getLogger(__name__)
 
 
-def make_runner(cfg: RunnerConfig):
+def make_runner(cfg: RunnerConfig, copy: WorkingCopy | None = None):
+    """The configured runner; `copy` is the working copy of a run on a store (parts are published there)."""
     if cfg.kind == "local":
-        return LocalRunner(cfg.part_retries)
+        return LocalRunner(cfg.part_retries, copy)
     from pipelines.ray_runner import RayRunner
 
-    return RayRunner(cfg.ray_address, cfg.num_cpus, cfg.part_retries)
+    return RayRunner(cfg.ray_address, cfg.num_cpus, cfg.part_retries, copy)
+
+
+def open_run(out, storage: StorageConfig | None = None) -> tuple[Path, WorkingCopy | None]:
+    """Where a command works on the run directory `out`: the folder itself, or for a URL its working copy
+    (the store checked, then pulled: StorageError, exit 2, when the store does not answer)."""
+    if is_url(out):
+        copy = open_copy(str(out), storage)
+        return copy.local, copy
+    return Path(out), None
 
 
 def ray_buckets_on(runner):
@@ -60,22 +72,23 @@ def check_pipeline(cfg: PipelineConfig, out_dir: Path, only: list[str] | None = 
         BY_NAME[stage].check(cfg, out_dir, stages)
 
 
-def run_pipeline(cfg: PipelineConfig, out_dir: Path, only: list[str] | None = None,
-                 report: bool = True) -> dict[str, dict]:
+def run_pipeline(cfg: PipelineConfig, out, only: list[str] | None = None, report: bool = True,
+                 copy: WorkingCopy | None = None) -> dict[str, dict]:
     """Check the run (`check_pipeline`), then run `cfg.stages` (or just `only`) in order; returns each
     stage's stats, and raises StageFailed naming the stage that failed. A whole run (not `only`) ends by
-    writing the report, also after a failed stage, unless `report` is false."""
-    out_dir = Path(out_dir)
+    writing the report, also after a failed stage, unless `report` is false. `out` is a folder or a URL
+    (`s3://bucket/prefix`); `copy` is its working copy when the caller opened it (`open_run`)."""
+    out_dir, copy = (copy.local, copy) if copy is not None else open_run(out, cfg.storage)
     check_pipeline(cfg, out_dir, only)
     write_resolved(cfg, out_dir)
-    runner = make_runner(cfg.runner)
+    runner = make_runner(cfg.runner, copy)
     ctx = context(cfg, out_dir, runner)
     stats: dict[str, dict] = {}
     try:
         for stage in only or cfg.stages:
             log.info("stage %s", stage)
             try:
-                stats[stage] = BY_NAME[stage].run(ctx)
+                stats[stage] = run_step(stage, ctx, copy)
             except Exception as err:
                 raise StageFailed(stage, err) from err
     except Exception:
@@ -84,6 +97,18 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, only: list[str] | None = No
         raise
     finally:
         runner.close()
+        if copy is not None:
+            copy.push()
     if only is None and report:
         write_report(out_dir)
+        if copy is not None:
+            copy.push()
+    return stats
+
+
+def run_step(stage: str, ctx: RunContext, copy: WorkingCopy | None) -> dict:
+    """One step; on a store, its outputs are uploaded when it ends (parts as each is committed)."""
+    stats = BY_NAME[stage].run(ctx)
+    if copy is not None:
+        copy.push()
     return stats

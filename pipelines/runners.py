@@ -10,6 +10,7 @@ from typing import Iterable
 from tqdm import tqdm
 
 from curate.io import Part
+from curate.mirror import RemoteRun, WorkingCopy, stage_through_store
 from curate.stage import MapStage, PartsFailed, commit_part, is_done, stage_part
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,15 @@ def progress(stage: MapStage, parts: list[Part], suffix: str = "") -> tqdm:
     return tqdm(total=rows, desc=f"{stage.name}{suffix}", unit="row", unit_scale=True)
 
 
-def stage_with_retries(stage: MapStage, part: Part, retries: int,
-                       node: str | None = None) -> tuple[tuple[Part, dict] | None, str | None]:
+def stage_with_retries(stage: MapStage, part: Part, retries: int, node: str | None = None,
+                       remote: RemoteRun | None = None) -> tuple[tuple[Part, dict] | None, str | None]:
     """(the staged attempt and its marker, None) on success, else (None, the last traceback); a failed
-    part must not stop the others."""
+    part must not stop the others. With `remote`, the part is staged through the run's store."""
     error = None
     for attempt in range(1, retries + 2):
         try:
+            if remote is not None:
+                return stage_through_store(stage, part, remote, node), None
             return stage_part(stage, part, node), None
         except Exception:
             error = traceback.format_exc()
@@ -44,10 +47,18 @@ def stage_with_retries(stage: MapStage, part: Part, retries: int,
     return None, error
 
 
-def commit(stage: MapStage, staged: tuple[Part, dict]) -> str | None:
-    """Commit a staged part; None on success, else the traceback (a full disk fails the part, not the run)."""
+def commit(stage: MapStage, staged: tuple[Part, dict], copy: WorkingCopy | None = None,
+           on_store: bool = False) -> str | None:
+    """Commit a staged part: staged in the run directory (then published to the store of the run's working
+    copy `copy`, if any) or, `on_store`, staged on that store by a worker elsewhere. None on success, else the
+    traceback (a full disk or a failed upload fails the part, not the run)."""
     try:
-        commit_part(*staged)
+        if on_store:
+            copy.commit_staged(*staged)
+        else:
+            placed = commit_part(*staged)
+            if copy is not None:
+                copy.publish(placed)
         return None
     except Exception:
         error = traceback.format_exc()
@@ -73,8 +84,8 @@ class LocalRunner:
 
     name = "local"
 
-    def __init__(self, part_retries: int = 2):
-        self.part_retries = part_retries
+    def __init__(self, part_retries: int = 2, copy=None):
+        self.part_retries, self.copy = part_retries, copy
 
     def map_parts(self, stage: MapStage, parts: list[Part]) -> None:
         todo = pending_parts(stage, parts)
@@ -82,7 +93,7 @@ class LocalRunner:
 
     def _run(self, stage: MapStage, part: Part) -> str | None:
         staged, error = stage_with_retries(stage, part, self.part_retries)
-        return error or commit(stage, staged)
+        return error or commit(stage, staged, self.copy)
 
     def close(self) -> None:
         pass

@@ -67,3 +67,37 @@ def fast_download(**overrides):
 
     return DownloadConfig(**{"rows_per_part": 100, "thread_count": 16, "timeout_s": 2.0,
                              "allow_private_networks": True, **overrides})  # the test servers are on 127.0.0.1
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """moto's S3 server on a free loopback port for the whole session: a real S3 peer over HTTP."""
+    pytest.importorskip("moto", reason="moto[server] is in the test extra: pip install -e '.[test]'")
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint, monkeypatch, tmp_path, request) -> str:
+    """A fresh bucket on the moto server, reached through the usual AWS environment; returns s3://bucket.
+    Working copies of runs go under this test's tmp_path."""
+    import re
+    import uuid
+
+    import boto3
+
+    env = {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_REGION": "us-east-1", "CURATE_CACHE_DIR": str(tmp_path / "cache")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"{re.sub('[^a-z0-9]', '-', request.node.name.lower())[:40].strip('-')}-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}"

@@ -18,8 +18,10 @@ from curate.download.fetch import Limits, guarded_img2dataset
 from curate.download.netguard import Guard, resolve_endpoints
 from curate.download.pool_input import split_input
 from curate.io import Part, fingerprint
+from curate.mirror import fetch_input
 from curate.schema import CAPTION, ERROR, STATUS, UID, URL, Status
 from curate.stage import MapStage, Resources, RunContext, Step, done_marker, map_status, run_map_stage
+from curate.storage import Location, is_url
 from curate.synthetic.serve import PoolServer
 from curate.synthetic.synth import serve_settings
 
@@ -32,7 +34,7 @@ class DownloadConfig(BaseModel):
     INPUT_KEYS: ClassVar[set[str]] = {"input_format", "url_col", "caption_col", "uid_col", "extra_columns", "rows_per_part",
                   "max_caption_chars"}
 
-    input: Path | None = Field(None, description="parquet/csv/jsonl file or folder; default: the run's synth pool")
+    input: Location | None = Field(None, description="parquet/csv/jsonl file or folder; default: the run's synth pool")
     input_format: Literal["auto", "parquet", "csv", "jsonl"] = "auto"
     url_col: str = "url"
     caption_col: str = "caption"
@@ -119,6 +121,7 @@ class DownloadStage(MapStage):
     requires = (UID, URL, CAPTION, STATUS, ERROR)
     provides = (STATUS, ERROR, *OUTPUT_FIELDS, ATTEMPTS)
     resources = Resources(num_cpus=1)
+    portable = True
 
     def __init__(self, cfg: DownloadConfig, allowed_endpoints: frozenset[tuple[str, int]] = frozenset()):
         self.cfg, self.allowed_endpoints = cfg, frozenset(allowed_endpoints)
@@ -252,6 +255,14 @@ def served_endpoints(synth_dir: Path | None) -> frozenset[tuple[str, int]]:
     return resolve_endpoints(settings["host"], settings["port"])
 
 
+def local_input(cfg) -> DownloadConfig:
+    """A pipeline config's download section, an input on a store replaced by its local copy."""
+    download = cfg.download
+    if download.input is None or not is_url(download.input):
+        return download
+    return download.model_copy(update={"input": fetch_input(str(download.input), cfg.storage)})
+
+
 class DownloadStep(Step):
     """`download`: the input (default: the run's synth pool, served on loopback with `serve_synth`) split
     into parts, each fetched by img2dataset."""
@@ -267,10 +278,10 @@ class DownloadStep(Step):
 
     def check(self, cfg, run_dir: Path, stages: list[str]) -> None:
         if cfg.download.input is not None:
-            split_input(cfg.download, Path(run_dir).resolve() / self.directory)  # reads and checks the input
+            split_input(local_input(cfg), Path(run_dir).resolve() / self.directory)  # reads and checks the input
 
     def run(self, ctx: RunContext) -> dict:
-        cfg, synth_dir = ctx.cfg.download, Path(ctx.run_dir) / "synth"
+        cfg, synth_dir = local_input(ctx.cfg), Path(ctx.run_dir) / "synth"
         if cfg.input is None:
             cfg = cfg.model_copy(update={"input": synth_dir / "pool.parquet"})
         served = ctx.cfg.serve_synth and cfg.input == synth_dir / "pool.parquet"

@@ -6,10 +6,13 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from curate.storage import Location
+
 
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    pairs: Path | None = Field(None, description="a pairs directory (pairs.parquet with path, caption)")
+    pairs: Location | None = Field(None, description="a pairs directory (pairs.parquet with path, caption) or "
+                                                     "its URL (s3://...)")
     pairs_filter: dict[str, list[str]] = Field(default_factory=dict,
                                                description="keep pairs rows whose column is one of these")
     shards: str | None = Field(None, description="WebDataset tars: a folder, a tar, or dir/{00000..00009}.tar")
