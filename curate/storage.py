@@ -100,7 +100,7 @@ def _filesystem(url: str, cfg: StorageConfig) -> tuple[pafs.FileSystem, str, str
     try:
         fs, root = pafs.FileSystem.from_uri(url)
         return fs, root.rstrip("/"), "--out"
-    except (pafs.ArrowInvalid, ValueError, OSError):  # a scheme Arrow does not know: fsspec may
+    except (ValueError, OSError):  # a scheme Arrow does not know (ArrowInvalid): fsspec may
         pass
     try:
         import fsspec

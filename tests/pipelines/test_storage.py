@@ -83,3 +83,120 @@ def test_the_demo_on_s3_equals_the_demo_on_local_disk(s3_bucket, small_demo, tmp
             tar = manifest.parent / shard["name"]
             assert (remote / tar.relative_to(local)).read_bytes() == tar.read_bytes()
     assert not any(k.startswith(".") or ".tmp" in k for k in open_store(url).listing())  # no staging left
+
+
+def _parts(run: Path, stage: str) -> dict:
+    return {p.name: pq.read_table(p).to_pydict() for p in sorted((run / stage).glob("part-*.parquet"))}
+
+
+def _markers(store: Store, stage: str) -> int:
+    return sum(1 for rel in store.listing(f"{stage}/_done") if rel.endswith(".json"))
+
+
+@pytest.fixture
+def scored(small_demo, tmp_path) -> tuple[list[str], Path]:
+    """(arguments of a synth -> download -> score run in 4 parts, that run on local disk). No transient
+    retries: a rerun would fetch the timed-out rows of finished parts once more (tests/cross/test_faults.py)."""
+    args = [*small_demo, "--set", "stages=[synth,download,score]", "--set", f"synth.port={_free_port()}",
+            "--set", "score.batch_size=2", "--set", "download.retry_transient=0"]
+    local = tmp_path / "local"
+    assert main(["run", "configs/demo.yaml", "--out", str(local), *args]) == 0
+    return args, local
+
+
+def test_kill_9_mid_score_on_the_store_then_rerun_equals_an_uninterrupted_run(s3_bucket, scored, tmp_path):
+    args, local = scored
+    url = f"{s3_bucket}/killed"
+    store = open_store(url)
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "configs/demo.yaml", "--out", url, *args],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    try:
+        while not 1 <= _markers(store, "score") < 4:
+            assert proc.poll() is None, "the run ended before the kill"
+            assert time.monotonic() < deadline, "score never started"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    at_kill = _markers(store, "score")
+    assert 1 <= at_kill < 4 and not store.exists("score/stats.json")
+    assert main(["run", "configs/demo.yaml", "--out", url, *args]) == 0
+    remote = _store_copy(url, tmp_path)
+    assert _parts(remote, "score") == _parts(local, "score") and len(_parts(local, "score")) == 4
+    assert _parts(remote, "download") == _parts(local, "download")
+
+
+def test_a_failed_upload_leaves_no_marker_and_the_rerun_redoes_the_part(s3_bucket, scored, tmp_path, monkeypatch):
+    """The upload of score part 1 dies half-way (the connection drops): the run fails naming it, the store has
+    no marker for it, and the rerun makes it."""
+    args, local = scored
+    url, put = f"{s3_bucket}/flaky", Store.put
+
+    def flaky_put(self, path, rel):
+        if rel == "score/part-00001.parquet":
+            with self.fs.open_output_stream(self.path(rel)) as out:
+                out.write(Path(path).read_bytes()[:100])
+                raise ConnectionResetError("the connection dropped mid-upload")
+        return put(self, path, rel)
+
+    monkeypatch.setattr(Store, "put", flaky_put)
+    assert main(["run", "configs/demo.yaml", "--out", url, *args]) == 1
+    store = open_store(url)
+    assert not store.exists("score/_done/part-00001.json") and _markers(store, "score") == 3
+    monkeypatch.setattr(Store, "put", put)
+    assert main(["run", "configs/demo.yaml", "--out", url, *args]) == 0
+    assert _parts(_store_copy(url, tmp_path), "score") == _parts(local, "score")
+
+
+def test_a_part_deleted_from_the_store_is_found_by_status_and_redone(s3_bucket, scored, tmp_path, capsys):
+    args, local = scored
+    url = f"{s3_bucket}/lost"
+    assert main(["run", "configs/demo.yaml", "--out", url, *args]) == 0
+    open_store(url).delete("score/part-00002.parquet")  # behind the finished run's back
+    capsys.readouterr()
+    assert main(["status", url, "--json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["stage"] == "score")
+    assert (row["done"], row["pending"], row["state"]) == (3, 1, "incomplete")
+    assert main(["run", "configs/demo.yaml", "--out", url, *args]) == 0
+    assert open_store(url).exists("score/part-00002.parquet")
+    assert _parts(_store_copy(url, tmp_path), "score") == _parts(local, "score")
+
+
+@pytest.mark.parametrize("setting", ["AWS_ENDPOINT_URL", "storage.endpoint_url"])
+def test_an_unreachable_store_is_exit_2_naming_the_setting_before_any_work(s3_bucket, setting, monkeypatch,
+                                                                           tmp_path, capsys):
+    dead = f"http://127.0.0.1:{_free_port()}"
+    extra = ["--set", f"storage.endpoint_url={dead}"] if setting.startswith("storage") else []
+    if not extra:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    started = time.monotonic()
+    assert main(["run", "configs/demo.yaml", "--out", f"{s3_bucket}/run", *extra]) == 2
+    err = capsys.readouterr().err
+    assert setting in err and "cannot reach" in err and time.monotonic() - started < 30
+    assert not (tmp_path / "cache").exists()  # no working copy, no work
+
+
+def test_a_missing_bucket_or_unknown_scheme_is_exit_2_naming_it(s3_bucket, tmp_path, capsys):
+    assert main(["run", "configs/demo.yaml", "--out", "s3://no-such-bucket-here/run"]) == 2
+    assert "bucket 'no-such-bucket-here' does not exist" in capsys.readouterr().err
+    assert main(["status", "s3://no-such-bucket-here/run"]) == 2
+    assert main(["run", "configs/demo.yaml", "--out", "nosuchscheme://x/run"]) == 2
+    assert "nosuchscheme" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_credentials_from_the_config_never_reach_the_resolved_config_or_the_logs(s3_bucket, monkeypatch, tmp_path,
+                                                                                  capfd, caplog):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    url = f"{s3_bucket}/secret"
+    assert main(["run", "configs/demo.yaml", "--out", url, "-v", "--runner", "local", "--set", "stages=[synth]",
+                 "--set", "synth.n=20", "--set", "storage.access_key_id=AKIDSECRETVALUE1",
+                 "--set", "storage.secret_access_key=SECRETKEYVALUE2"]) == 0
+    resolved = _store_copy(url, tmp_path) / "config.resolved.yaml"
+    text = resolved.read_text()
+    assert "storage" in yaml.safe_load(text) and "SECRET" not in text and "access_key" not in text
+    out, err = capfd.readouterr()
+    assert "SECRETKEYVALUE2" not in out + err + caplog.text and "AKIDSECRETVALUE1" not in out + err + caplog.text
