@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,6 +24,18 @@ log = logging.getLogger(__name__)
 
 INPUT_FOLDERS = ("_input", "input")  # split inputs (download, shard plans): written whole before any work
 INDEX = "sync.json"
+TRANSFERS = 16  # files moved at once: an object store serves many requests in parallel
+
+
+def each(fn, items: list) -> None:
+    """`fn` over the items on a few threads (transfers wait on the network); the first error is raised."""
+    if len(items) < 2:
+        for item in items:
+            fn(item)
+        return
+    with ThreadPoolExecutor(min(TRANSFERS, len(items))) as pool:
+        for _ in pool.map(fn, items):
+            pass
 
 
 def _staging(rel: str) -> bool:
@@ -100,17 +113,14 @@ class WorkingCopy:
             if rel not in keep:
                 path.unlink()
                 self.index.pop(rel, None)
-        fetched = 0
-        for rel, (size, mtime) in keep.items():
-            path = self.local / rel
-            if self._synced(rel, path) and self.index[rel][:2] == [size, mtime]:
-                continue
-            self.store.get(rel, path)
-            self._record(rel, size, mtime)
-            fetched += 1
+        fetch = [rel for rel, meta in keep.items()
+                 if not (self._synced(rel, self.local / rel) and self.index[rel][:2] == list(meta))]
+        each(lambda rel: self.store.get(rel, self.local / rel), fetch)
+        for rel in fetch:
+            self._record(rel, *keep[rel])
         self.index = {rel: e for rel, e in self.index.items() if rel in keep}
         self._save()
-        log.debug("pulled %d of %d files from %s", fetched, len(keep), self.store.url)
+        log.debug("pulled %d of %d files from %s", len(fetch), len(keep), self.store.url)
 
     def push(self) -> None:
         """Upload what changed in the copy, objects before done markers; delete what the copy no longer has
@@ -121,13 +131,16 @@ class WorkingCopy:
             if self.store.exists(rel):
                 self.store.delete(rel)
             self.index.pop(rel)
-        changed = sorted((rel for rel, p in files.items() if not self._synced(rel, p)), key=_marker)
-        self._upload(changed)
+        self._upload([rel for rel, p in files.items() if not self._synced(rel, p)])
 
     def _upload(self, rels: list[str]) -> None:
-        """Upload in order, then record what the store now holds."""
-        for rel in rels:
-            self.store.put(self.local / rel, rel)
+        """Upload in three waves, each once the one before is all there: the files, then the newest file of
+        each top-level folder (a stage's last write, which says it is done), then the done markers; then
+        record what the store now holds."""
+        files = sorted((r for r in rels if not _marker(r)), key=lambda r: (self.local / r).stat().st_mtime_ns)
+        last = {r.split("/", 1)[0]: r for r in files}  # per top-level folder, the newest
+        for wave in ([r for r in files if r not in last.values()], list(last.values()), [r for r in rels if _marker(r)]):
+            each(lambda rel: self.store.put(self.local / rel, rel), wave)
         self._note(rels)
 
     def _note(self, rels: list[str]) -> None:
@@ -150,8 +163,8 @@ class WorkingCopy:
         return path
 
     def publish(self, paths: list[Path]) -> None:
-        """Upload one committed part's files in order (its marker last). If that fails, the local marker goes
-        too: the part is not done anywhere, and a rerun redoes it."""
+        """Upload one committed part's files (its marker last). If that fails, the local marker goes too: the
+        part is not done anywhere, and a rerun redoes it."""
         try:
             self._upload([Path(p).relative_to(self.local).as_posix() for p in paths])
         except BaseException:
