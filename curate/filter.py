@@ -8,8 +8,10 @@ from typing import Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from curate.io import read_json_if, read_jsonl
+from curate.mirror import local
 from curate.models.train_config import ClipStrategy, Strategy, TrainConfig
 from curate.stage import RunContext, Step
+from curate.storage import Location
 from curate.synthetic.synth import SEED_SPLIT, write_seed_pairs
 
 
@@ -17,8 +19,9 @@ class FilterConfig(BaseModel):
     """The filter network: a CLIP trained on a trusted seed set, which then scores the pool."""
 
     model_config = ConfigDict(extra="forbid")
-    seed_pairs: Path | None = Field(None, description="trusted pairs directory; none = the synth stage's seed "
-                                    "split (synth.seed_split_fraction) if it made one, else draw clean scenes")
+    seed_pairs: Location | None = Field(None, description="trusted pairs directory (or its URL); none = the "
+                                        "synth stage's seed split (synth.seed_split_fraction) if it made one, "
+                                        "else draw clean scenes")
     seed_n: int = Field(2000, ge=10, description="drawn seed pairs (when seed_pairs is none)")
     seed: int = Field(1000, description="seed of the drawn set; differs from synth.seed, so it is disjoint")
     model: str = "tiny-vit-32"
@@ -57,7 +60,8 @@ class FilterStep(Step):
     identity = "the train config it makes; an interrupted run resumes from filter/checkpoint.pt"
 
     def run(self, ctx: RunContext) -> dict:
-        return run_filter(ctx.cfg.filter, ctx.run_dir, ctx.train)
+        cfg = ctx.cfg.filter.model_copy(update={"seed_pairs": local(ctx.cfg.filter.seed_pairs, ctx.cfg.storage)})
+        return run_filter(cfg, ctx.run_dir, ctx.train)
 
     def done(self, run_dir: Path) -> bool:
         return (Path(run_dir) / self.directory / "summary.json").exists()

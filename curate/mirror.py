@@ -9,7 +9,6 @@ moves into place before writing the marker."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from curate.io import DONE_DIR, Part, atomic_write_json, read_json_if, write_done
 from curate.stage import stage_part
-from curate.storage import StorageConfig, Store, cache_root, open_store
+from curate.storage import StorageConfig, Store, cache_root, is_url, open_store
 
 log = logging.getLogger(__name__)
 
@@ -223,3 +222,8 @@ def fetch_input(location: str, cfg: StorageConfig | None) -> Path:
         parent, name = location.rstrip("/").rsplit("/", 1)
         return open_copy(parent, store_cfg, "inputs", pull=False).fetch_one(name)
     return open_copy(location, store_cfg, "inputs").local
+
+
+def local(location, cfg: StorageConfig | None):
+    """A config value naming an input, made local: a URL's local copy, else the value itself."""
+    return fetch_input(str(location), cfg) if location is not None and is_url(location) else location

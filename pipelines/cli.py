@@ -36,12 +36,12 @@ def location(text: str) -> Path | str:
     return text.rstrip("/") if is_url(text) else local_path(text)
 
 
-def _local(where, storage=None) -> Path:
-    """A local copy of an input file or folder given as a path or a URL."""
+def _local(where) -> Path:
+    """A local copy of an input file or folder given as a path or a URL (the store's settings: the environment)."""
     from curate.mirror import fetch_input
     from curate.storage import is_url
 
-    return fetch_input(where, storage) if is_url(where) else where
+    return fetch_input(where, None) if is_url(where) else where
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

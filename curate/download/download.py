@@ -18,10 +18,10 @@ from curate.download.fetch import Limits, guarded_img2dataset
 from curate.download.netguard import Guard, resolve_endpoints
 from curate.download.pool_input import split_input
 from curate.io import Part, fingerprint
-from curate.mirror import fetch_input
+from curate.mirror import local
 from curate.schema import CAPTION, ERROR, STATUS, UID, URL, Status
 from curate.stage import MapStage, Resources, RunContext, Step, done_marker, map_status, run_map_stage
-from curate.storage import Location, is_url
+from curate.storage import Location
 from curate.synthetic.serve import PoolServer
 from curate.synthetic.synth import serve_settings
 
@@ -257,10 +257,7 @@ def served_endpoints(synth_dir: Path | None) -> frozenset[tuple[str, int]]:
 
 def local_input(cfg) -> DownloadConfig:
     """A pipeline config's download section, an input on a store replaced by its local copy."""
-    download = cfg.download
-    if download.input is None or not is_url(download.input):
-        return download
-    return download.model_copy(update={"input": fetch_input(str(download.input), cfg.storage)})
+    return cfg.download.model_copy(update={"input": local(cfg.download.input, cfg.storage)})
 
 
 class DownloadStep(Step):

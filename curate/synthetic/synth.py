@@ -17,9 +17,11 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curate.io import atomic_write_json, atomic_write_parquet, fingerprint, read_json
+from curate.mirror import local
 from curate.pairs import PAIRS_TABLE, read_pairs
 from curate.schema import Status, make_uid
 from curate.stage import RunContext, Step
+from curate.storage import Location
 from curate.synthetic import copy_edits
 from curate.synthetic.copy_edits import EDITS, edit_copy, jpeg_quality
 from curate.synthetic.scenes import SCENES_VERSION, describe, encode, perturb_scene, random_scene, render
@@ -76,7 +78,7 @@ class SynthConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     n: int | None = Field(2000, ge=10, description="pool rows; from_pairs defaults to every pair plus duplicates")
     seed: int = 0
-    from_pairs: Path | None = None
+    from_pairs: Location | None = Field(None, description="a clean pairs directory (or its URL) to add noise to")
     pairs_filter: dict[str, list[str]] = Field(
         default_factory=dict, description="from_pairs rows to use, by column values, e.g. {vendor: [twitter]}")
     seed_split_fraction: float = Field(
@@ -347,10 +349,11 @@ class SynthStep(Step):
 
     def run(self, ctx: RunContext) -> dict:
         synth_dir = Path(ctx.run_dir) / self.directory
-        if is_synthesized(ctx.cfg.synth, synth_dir):
+        cfg = ctx.cfg.synth.model_copy(update={"from_pairs": local(ctx.cfg.synth.from_pairs, ctx.cfg.storage)})
+        if is_synthesized(cfg, synth_dir):
             log.info("synth: %s already holds this pool, keeping it", synth_dir)
         else:
-            synthesize(ctx.cfg.synth, synth_dir)
+            synthesize(cfg, synth_dir)
         return read_json(synth_dir / "stats.json")
 
     def done(self, run_dir: Path) -> bool:

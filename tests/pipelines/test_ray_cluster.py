@@ -43,6 +43,7 @@ def test_a_cluster_with_no_shared_disk_downloads_through_the_store(small_pool, s
     from ray.cluster_utils import Cluster
 
     from curate.mirror import open_copy
+    from curate.storage import StorageConfig
     from pipelines.cli import main
 
     args = ["--input", str(small_pool / "pool.parquet"), "--serve", str(small_pool),
@@ -69,8 +70,7 @@ def test_a_cluster_with_no_shared_disk_downloads_through_the_store(small_pool, s
         shutil.rmtree(ray_temp, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    os.environ["CURATE_CACHE_DIR"] = str(tmp_path / "reader")  # a fresh reader of the store
-    copy = open_copy(url, None)
+    copy = open_copy(url, StorageConfig(cache_dir=tmp_path / "reader"))  # a fresh reader of the store
     run = copy.local
     assert not [rel for rel in copy.store.listing() if ".tmp" in rel]  # every staged attempt was moved into place
     ran_on = [json.loads(p.read_text())["node"] for p in sorted((run / "download" / "_done").glob("*.json"))]

@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from curate.mirror import open_copy
-from curate.storage import Store, open_store
+from curate.storage import StorageConfig, Store, open_store
 from pipelines.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,8 +41,7 @@ def small_demo(tmp_path_factory) -> list[str]:
 
 def _store_copy(url: str, tmp_path: Path) -> Path:
     """A fresh reader's view of a run on the store: its trusted files only, in a new working copy."""
-    os.environ["CURATE_CACHE_DIR"] = str(tmp_path / f"reader-{time.monotonic_ns()}")
-    return open_copy(url, None).local
+    return open_copy(url, StorageConfig(cache_dir=tmp_path / f"reader-{time.monotonic_ns()}")).local
 
 
 def _outputs(run: Path) -> dict:
@@ -83,6 +81,29 @@ def test_the_demo_on_s3_equals_the_demo_on_local_disk(s3_bucket, small_demo, tmp
             tar = manifest.parent / shard["name"]
             assert (remote / tar.relative_to(local)).read_bytes() == tar.read_bytes()
     assert not any(k.startswith(".") or ".tmp" in k for k in open_store(url).listing())  # no staging left
+
+    # a stage command and the report on the same run: they read and write the store
+    assert main(["tier", "--out", url, "--runner", "local", "--set", "tier.standard_fractions=[0.5]"]) == 0
+    assert open_store(url).exists("tier/subsets/top50.npy") and not open_store(url).exists("report.html")
+    assert main(["report", url]) == 0
+    assert b"<html" in (_store_copy(url, tmp_path) / "report.html").read_bytes()[:200].lower()
+
+
+def test_train_and_eval_read_pairs_and_write_checkpoints_on_the_store(s3_bucket, tmp_path, capsys):
+    from tests.train.test_train import _pairs_dir
+
+    pairs, store = _pairs_dir(tmp_path / "pairs", n=16), open_store(f"{s3_bucket}/pairs")
+    for path in sorted(p for p in pairs.rglob("*") if p.is_file()):
+        store.put(path, path.relative_to(pairs).as_posix())
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"model": "tiny-vit-32", "data": {"pairs": f"{s3_bucket}/pairs", "workers": 0},
+                                      "samples_seen": 32, "batch_size": 16, "warmup_steps": 1}))
+    assert main(["train", str(config), "--out", f"{s3_bucket}/train"]) == 0
+    trained = open_store(f"{s3_bucket}/train")
+    assert trained.exists("checkpoint.pt") and json.loads(capsys.readouterr().out)["samples_seen"] == 32
+    assert main(["eval", "--checkpoint", f"{s3_bucket}/train/checkpoint.pt", "--eval-set", f"{s3_bucket}/pairs",
+                 "--class-column", "shape"]) == 0
+    assert "shape" in json.dumps(json.loads(capsys.readouterr().out))
 
 
 def _parts(run: Path, stage: str) -> dict:
