@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Union
 from urllib.parse import urlparse
@@ -97,10 +98,13 @@ def _filesystem(url: str, cfg: StorageConfig) -> tuple[pafs.FileSystem, str, str
     if scheme in ("s3", "s3a"):
         fs, setting = _s3(cfg)
         return fs, url.split("://", 1)[1].rstrip("/"), setting
+    if scheme in ("gs", "gcs"):  # credentials: GOOGLE_APPLICATION_CREDENTIALS or the VM's; retries bounded
+        fs = pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=cfg.connect_timeout_s))
+        return fs, url.split("://", 1)[1].rstrip("/"), "--out"
     try:
         fs, root = pafs.FileSystem.from_uri(url)
         return fs, root.rstrip("/"), "--out"
-    except (ValueError, OSError):  # a scheme Arrow does not know (ArrowInvalid): fsspec may
+    except (ValueError, NotImplementedError, OSError):  # a scheme this Arrow does not know or lacks: fsspec may
         pass
     try:
         import fsspec
@@ -188,11 +192,11 @@ def open_store(url: str, cfg: StorageConfig | None = None, check: bool = True) -
     if check:
         bucket = root.split("/", 1)[0]
         try:
-            info = fs.get_file_info(bucket if isinstance(fs, pafs.S3FileSystem) else root)
+            info = fs.get_file_info(bucket if isinstance(fs, (pafs.S3FileSystem, pafs.GcsFileSystem)) else root)
         except OSError as err:
             raise StorageError(f"cannot reach the store of {url} ({setting}): {str(err).splitlines()[0]}; "
                                "check the endpoint, the network and the credentials") from err
-        if isinstance(fs, pafs.S3FileSystem) and info.type == pafs.FileType.NotFound:
+        if isinstance(fs, (pafs.S3FileSystem, pafs.GcsFileSystem)) and info.type == pafs.FileType.NotFound:
             raise StorageError(f"--out {url}: the bucket {bucket!r} does not exist at {setting}; create it "
                                "or change --out")
     return store
