@@ -330,3 +330,14 @@ def test_recipes_section_on_a_hand_made_run(tmp_path):
     config.write_text(yaml.safe_dump({"stages": ["synth", "download", "tier"], "tier": tier}))
     page = write_report(run).read_text()
     assert 'id="recipes"' not in page and 'class="error"' not in page
+
+
+def test_the_tier_table_marks_evaluation_only_subsets():
+    from curate.report.funnel import _tier_table
+
+    counts = {"uids": 10, "subsets": {"top100": 8, "oracle": 5}, "evaluation_only": ["oracle"],
+              "drops": {"top100": {"duplicate_exact_image": 2}, "oracle": {"ground_truth_not_clean": 5}}}
+    html = _tier_table(counts)
+    assert "oracle (evaluation only)" in html and "top100 (evaluation only)" not in html
+    assert "not a way to curate a real pool" in html
+    assert "evaluation only" not in _tier_table({**counts, "evaluation_only": []})
