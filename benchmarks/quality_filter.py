@@ -2,7 +2,10 @@
 caption-noise kind and the clean share at the oracle's size (the top N rows dedup kept, N = the clean rows
 it kept); per tier subset, rows and clean share. The stages never read gt_*; only this script does.
 
-    python benchmarks/quality_filter.py [--emoji-run DIR] [--demo-run DIR] [--out benchmarks/results]
+    python benchmarks/quality_filter.py [--emoji-run DIR] [--demo-run DIR] [--set KEY=VALUE ...] [--out DIR]
+
+--set changes the pipeline of both pools before they are made (a filter recipe, e.g. --set filter.model=tiny-vit-64
+or --set 'filter.strategy={name: negclip}'); it has no effect on a run directory given.
 
 Without a run directory, each pool is made and run up to tier here (emoji: configs/compare/emoji_compute.yaml's
 pipeline; demo: configs/demo.yaml without training). `ratio`: on the emoji pool, the clean share of the
@@ -29,21 +32,20 @@ POOLS = {"emoji": (ROOT / "configs" / "compare" / "emoji_compute.yaml", "pipelin
 STAGES = "stages=[synth,download,filter,score,dedup,tier]"
 
 
-def pipeline_config(name: str):
-    """The pool's pipeline config, run up to tier (no shards, no training)."""
+def pipeline_config(name: str, overrides: list[str]):
+    """The pool's pipeline config with `overrides`, run up to tier (no shards, no training)."""
     import yaml
 
-    from pipelines.config import PipelineConfig, load_config
+    from pipelines.config import PipelineConfig, apply_overrides, load_config
 
     path, section = POOLS[name]
     if section is None:
-        return load_config(path, [STAGES])
-    raw = yaml.safe_load(path.read_text())[section]
-    raw["stages"] = [s for s in raw["stages"] if s != "shard"]
+        return load_config(path, [STAGES, *overrides])
+    raw = apply_overrides(yaml.safe_load(path.read_text())[section], [STAGES, *overrides])
     return PipelineConfig.model_validate(raw)
 
 
-def measure(name: str, run_dir: Path | None, work: Path) -> dict:
+def measure(name: str, run_dir: Path | None, work: Path, overrides: list[str]) -> dict:
     from curate.synthetic.quality import filter_quality
     from pipelines.run import run_pipeline
 
@@ -51,7 +53,7 @@ def measure(name: str, run_dir: Path | None, work: Path) -> dict:
     if run_dir is None:
         run_dir = work / name
         os.chdir(ROOT)  # the configs' relative paths (../shared) are from the project root
-        run_pipeline(pipeline_config(name), run_dir)
+        run_pipeline(pipeline_config(name, overrides), run_dir)
     return {**filter_quality(run_dir, run_dir / "synth" / "pool.parquet"), "run": str(run_dir),
             "wall_s": round(time.time() - start, 1)}
 
@@ -60,14 +62,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--emoji-run", type=Path, help="a finished run of the emoji pool (default: make one)")
     parser.add_argument("--demo-run", type=Path, help="a finished run of the demo pool (default: make one)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="quality-filter-"))
-    emoji = measure("emoji", args.emoji_run, work)
-    demo = measure("demo", args.demo_run, work)
+    emoji = measure("emoji", args.emoji_run, work, args.overrides)
+    demo = measure("demo", args.demo_run, work, args.overrides)
     subsets = emoji["subsets"]
     ratio = subsets["curated"]["clean_share"] / subsets["top100"]["clean_share"]
-    emit({"emoji": emoji, "demo": demo, "ratio": round(ratio, 4)}, args.out, "quality_filter")
+    emit({"overrides": args.overrides, "emoji": emoji, "demo": demo, "ratio": round(ratio, 4)}, args.out,
+         "quality_filter")
 
 
 if __name__ == "__main__":
