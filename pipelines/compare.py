@@ -2,8 +2,10 @@
 regimes (every subset gets the same samples seen; or each subset is seen once), evaluate every cell on
 the config's eval sets, and tabulate results with 95% intervals over seeds.
 
-DIR/results.csv has one row per cell, DIR/summary.csv one row per (subset, strategy, model, regime), and
-with a `reference:` cell DIR/versus_reference.csv each cell's paired difference from it (pipelines/versus.py).
+DIR/results.csv has one row per cell, DIR/summary.csv one row per (subset, strategy, model, regime, budget),
+and with a `reference:` cell DIR/versus_reference.csv each cell's paired difference from it (pipelines/versus.py)
+and, with an `oracle:` cell too, the share of the oracle's gain over the reference that each cell recovers.
+A grid's `samples_seen` list sweeps the equal_samples budget: where the best subset moves with compute.
 A cell's row lives in DIR/train/<cell>/result.json with the cell's fingerprint: a hash of everything that
 decides its result (the subset's shards, the train config, the eval sets). A finished cell whose
 fingerprint still holds is never trained again; a changed cell runs again (its checkpoint is kept when
@@ -37,9 +39,9 @@ log = logging.getLogger(__name__)
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 GRID_KEYS = ("model", "seed", "samples_seen", "strategy")  # set per cell, not in `train`
-LEADING = ["subset", "subset_size", "strategy", "model", "seed", "regime", "samples_seen", "samples_skipped",
+LEADING = ["subset", "subset_size", "strategy", "model", "seed", "regime", "budget", "samples_seen", "samples_skipped",
            "wall_s", "samples_per_s", "status", "error", "fingerprint"]
-GROUP = ["subset", "subset_size", "strategy", "model", "regime", "samples_seen", "seeds_ok", "seeds_failed"]
+GROUP = ["subset", "subset_size", "strategy", "model", "regime", "budget", "samples_seen", "seeds_ok", "seeds_failed"]
 SUMMARIZED_LEAVES = ("top1", "top5", "r1", "r5", "r10")
 TRAINING_MARKER = "training.fingerprint"  # in a cell's folder: the training_fingerprint its checkpoint is of
 
@@ -63,6 +65,8 @@ class Grid(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     regimes: list[Literal["equal_samples", "one_pass"]] = Field(
         default_factory=lambda: ["equal_samples", "one_pass"], min_length=1)
+    samples_seen: list[int] | None = Field(None, min_length=1, description="equal_samples budgets to sweep "
+                                           "(each a cell of its own); none = the top-level samples_seen")
 
     @field_validator("subsets", "strategies")
     @classmethod
@@ -83,6 +87,9 @@ class CompareConfig(BaseModel):
     eval_sets: list[EvalSet] = Field(min_length=1)
     reference: Reference | None = Field(None, description="measure every cell against this one, paired by "
                                         "seed -> DIR/versus_reference.csv")
+    oracle: Reference | None = Field(None, description="an evaluation-only cell (e.g. a tier of the pool's clean "
+                                     "rows by ground truth): versus_reference.csv says what share of its gain "
+                                     "over the reference each cell recovers")
 
     @field_validator("train")
     @classmethod
@@ -100,9 +107,11 @@ class CompareConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "CompareConfig":
-        if self.samples_seen % self.batch_size:
-            raise ValueError(f"samples_seen ({self.samples_seen}) must be a multiple of train.batch_size "
-                             f"({self.batch_size})")
+        budgets = {self.samples_seen, *(b for grid in self.grids.values() for b in grid.samples_seen or [])}
+        for budget in sorted(budgets):
+            if budget < 1 or budget % self.batch_size:
+                raise ValueError(f"samples_seen ({budget}) must be a positive multiple of train.batch_size "
+                                 f"({self.batch_size})")
         names = [e.name for e in self.eval_sets]
         if len(set(names)) != len(names):
             raise ValueError(f"eval_sets names must be unique: {names}")
@@ -112,9 +121,12 @@ class CompareConfig(BaseModel):
                 if labels.setdefault(label, strategy.model_dump()) != strategy.model_dump():
                     raise ValueError(f"strategy label {label!r} names two different configs; give each its own label")
         subsets = {s for grid in self.grids.values() for s in grid.subsets}
-        if self.reference and (self.reference.strategy not in labels or self.reference.subset not in subsets):
-            raise ValueError(f"reference {self.reference.model_dump()} is not a cell of the grids "
-                             f"(subsets {sorted(subsets)}, strategies {sorted(labels)})")
+        for role, cell in (("reference", self.reference), ("oracle", self.oracle)):
+            if cell and (cell.strategy not in labels or cell.subset not in subsets):
+                raise ValueError(f"{role} {cell.model_dump()} is not a cell of the grids "
+                                 f"(subsets {sorted(subsets)}, strategies {sorted(labels)})")
+        if self.oracle and not self.reference:
+            raise ValueError("oracle: the oracle's gain is measured over the reference cell; set reference too")
         return self
 
 
@@ -132,10 +144,13 @@ class Cell:
     model: str
     seed: int
     regime: str
+    budget: int | None = None  # equal_samples: samples seen; one_pass: none (each subset once)
+    budget_in_id: bool = False  # only budgets other than the top-level samples_seen name their folder
 
     @property
     def id(self) -> str:
-        return f"{self.subset}__{self.strategy}__{self.model}__s{self.seed}__{self.regime}"
+        name = f"{self.subset}__{self.strategy}__{self.model}__s{self.seed}__{self.regime}"
+        return f"{name}__n{self.budget}" if self.budget_in_id else name
 
 
 def cells(cfg: CompareConfig) -> list[tuple[Cell, dict]]:
@@ -147,8 +162,11 @@ def cells(cfg: CompareConfig) -> list[tuple[Cell, dict]]:
                 for model in grid.models:
                     for seed in grid.seeds:
                         for regime in grid.regimes:
-                            cell = Cell(subset, label, model, seed, regime)
-                            out.setdefault(cell.id, (cell, strategy.model_dump()))
+                            budgets = (grid.samples_seen or [cfg.samples_seen]) if regime == "equal_samples" else [None]
+                            for budget in budgets:
+                                cell = Cell(subset, label, model, seed, regime, budget,
+                                            budget not in (None, cfg.samples_seen))
+                                out.setdefault(cell.id, (cell, strategy.model_dump()))
     return list(out.values())
 
 
@@ -182,9 +200,8 @@ def training_fingerprint(cfg: CompareConfig, cell: Cell, strategy: dict, out_dir
     strategy and samples (one_pass: implied by the subset and the batch size)."""
     shared = shared_train(cfg.train).model_dump(mode="json", exclude=set(GRID_KEYS))
     del shared["data"]["shards"]
-    samples = cfg.samples_seen if cell.regime == "equal_samples" else None
     return fingerprint(subset_identity(out_dir / "shards" / cell.subset), shared, cell.model, cell.seed,
-                       cell.regime, samples, strategy)
+                       cell.regime, cell.budget, strategy)
 
 
 def trained_otherwise(cell_dir: Path, training: str) -> bool:
@@ -214,7 +231,7 @@ def run_cell(cfg: CompareConfig, cell: Cell, strategy: dict, out_dir: Path) -> d
     from train.train import train
 
     row: dict[str, Any] = {**{k: None for k in LEADING}, "subset": cell.subset, "strategy": cell.strategy,
-                           "model": cell.model, "seed": cell.seed, "regime": cell.regime, "status": "failed",
+                           "model": cell.model, "seed": cell.seed, "regime": cell.regime, "budget": cell.budget, "status": "failed",
                            "error": ""}
     try:
         shards = out_dir / "shards" / cell.subset
@@ -226,7 +243,7 @@ def run_cell(cfg: CompareConfig, cell: Cell, strategy: dict, out_dir: Path) -> d
         for ev in cfg.eval_sets:
             if not (ev.pairs / "pairs.parquet").exists():
                 raise FileNotFoundError(f"eval set {ev.name}: {ev.pairs}/pairs.parquet not found")
-        samples = cfg.samples_seen if cell.regime == "equal_samples" else size // batch * batch
+        samples = cell.budget if cell.regime == "equal_samples" else size // batch * batch
         train_cfg = TrainConfig.model_validate({
             **cfg.train, "model": cell.model, "seed": cell.seed, "samples_seen": samples, "strategy": strategy,
             "data": {**cfg.train.get("data", {}), "shards": str(shards)}})
@@ -257,16 +274,17 @@ def summarized(metric: str) -> bool:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per (subset, strategy, model, regime): seeds ok and failed, and mean and 95% interval of the
+    """Per (subset, strategy, model, regime, budget): seeds ok and failed, and mean and 95% interval of the
     speed and of every eval metric."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["subset"], r["strategy"], r["model"], r["regime"]), []).append(r)
+        groups.setdefault((r["subset"], r["strategy"], r["model"], r["regime"], r.get("budget")), []).append(r)
     out = []
-    for (subset, strategy, model, regime), members in groups.items():
+    for (subset, strategy, model, regime, budget), members in groups.items():
         ok = [r for r in members if r["status"] == "ok"]
         entry = {"subset": subset, "subset_size": members[0]["subset_size"], "strategy": strategy, "model": model,
-                 "regime": regime, "samples_seen": ok[0]["samples_seen"] if ok else None, "seeds_ok": len(ok),
+                 "regime": regime, "budget": budget, "samples_seen": ok[0]["samples_seen"] if ok else None,
+                 "seeds_ok": len(ok),
                  "seeds_failed": len(members) - len(ok)}
         metrics = [k for k in sorted({k for r in ok for k in r}) if summarized(k)]
         for metric in metrics:
@@ -306,10 +324,11 @@ def compare(cfg: CompareConfig, out_dir: Path) -> list[dict]:
             row = {**run_cell(cfg, cell, strategy, out_dir), "fingerprint": cell_fingerprint}
             atomic_write_json(cell_dir / "result.json", row)
             log.info("cell %s: %s in %.0fs", cell.id, row["status"], time.time() - start)
-        rows.append(row)
+        rows.append({**row, "budget": cell.budget})  # rows written before budgets existed lack it
         write_csv(out_dir / "results.csv", rows, LEADING)
     write_csv(out_dir / "summary.csv", summarize(rows), GROUP)
     if cfg.reference is not None:
         metrics = [k for k in sorted({k for r in rows for k in r}) if summarized(k) and k != "wall_s"]
-        write_csv(out_dir / "versus_reference.csv", versus_reference(rows, cfg.reference, metrics), VERSUS)
+        write_csv(out_dir / "versus_reference.csv", versus_reference(rows, cfg.reference, metrics, cfg.oracle),
+                  VERSUS)
     return rows

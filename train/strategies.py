@@ -87,6 +87,40 @@ class Clip:
         return self.loss_fn(image_features, text_features, logit_scale), {}
 
 
+def swap_one_token(texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each caption with one of its tokens (between the start and end tokens) replaced by a token drawn from
+    the batch's captions; and whether the copy differs from its caption (an empty caption or a draw of the
+    same token does not). open_clip's layout: a start token, the words, an end token, then 0s."""
+    lengths = (texts != 0).sum(1)
+    inner = (lengths - 2).clamp(min=0)
+    position = torch.arange(texts.shape[1], device=texts.device)
+    is_word = (position[None] >= 1) & (position[None] < (lengths - 1)[:, None])
+    pool = texts[is_word]
+    if pool.numel() == 0:
+        return texts.clone(), torch.zeros(len(texts), dtype=torch.bool, device=texts.device)
+    at = 1 + (torch.rand(len(texts), device=texts.device) * inner.clamp(min=1)).long()
+    drawn = pool[torch.randint(len(pool), (len(texts),), device=texts.device)]
+    rows = torch.arange(len(texts), device=texts.device)
+    swapped = texts.clone()
+    swapped[rows, at] = torch.where(inner > 0, drawn, texts[rows, at])
+    return swapped, (inner > 0) & (drawn != texts[rows, at])
+
+
+class NegClip(Clip):
+    """CLIP whose image-to-text softmax also holds each caption with one token swapped (NegCLIP)."""
+
+    def loss(self, model, forward, images, texts):
+        image_features, text_features, logit_scale = forward(images, texts)
+        negatives, valid = swap_one_token(texts)
+        negative_features = model.encode_text(negatives, normalize=True)
+        hard = (logit_scale * image_features @ negative_features.T).masked_fill(~valid[None], float("-inf"))
+        to_texts = torch.cat([logit_scale * image_features @ text_features.T, hard], dim=1)
+        to_images = logit_scale * text_features @ image_features.T
+        target = torch.arange(len(texts), device=texts.device)
+        loss = (F.cross_entropy(to_texts, target) + F.cross_entropy(to_images, target)) / 2
+        return loss, {"hard_negatives": int(valid.sum())}
+
+
 class ClipAug(Clip):
     """CLIP on augmented images (random resized crop + flip, RandAugment, or stacked RandAugment)."""
 
@@ -242,7 +276,7 @@ class Clipa(Clip):
             parametrize.remove_parametrizations(model.visual, "positional_embedding", leave_parametrized=False)
 
 
-STRATEGIES = {"clip": Clip, "clip_aug": ClipAug, "slip": Slip, "flip": Flip, "clipa": Clipa}
+STRATEGIES = {"clip": Clip, "negclip": NegClip, "clip_aug": ClipAug, "slip": Slip, "flip": Flip, "clipa": Clipa}
 
 
 def make_strategy(cfg: TrainConfig, model: nn.Module) -> Clip:

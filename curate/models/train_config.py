@@ -47,6 +47,15 @@ class ClipStrategy(BaseModel):
     name: Literal["clip"] = "clip"
 
 
+class NegClipStrategy(BaseModel):
+    """CLIP with a hard negative caption per pair (NegCLIP's idea, Yuksekgonul et al. 2023): the caption with one
+    token swapped for a token of another caption in the batch is one more wrong caption for every image, so
+    the model must read each word of a caption, not a bag of them. Two text passes per step."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["negclip"] = "negclip"
+
+
 class ClipAugStrategy(BaseModel):
     """CLIP with stronger image augmentation."""
 
@@ -93,7 +102,7 @@ class ClipaStrategy(FinetuneMixin):
         "truncate", description="truncate, or drop function words first (keeps nouns and adjectives)")
 
 
-Strategy = Annotated[Union[ClipStrategy, ClipAugStrategy, SlipStrategy, FlipStrategy, ClipaStrategy],
+Strategy = Annotated[Union[ClipStrategy, NegClipStrategy, ClipAugStrategy, SlipStrategy, FlipStrategy, ClipaStrategy],
                      Field(discriminator="name")]
 
 
@@ -115,7 +124,7 @@ class TrainConfig(BaseModel):
     grad_checkpointing: bool = False
     log_every_steps: int = Field(10, ge=1)
     checkpoint_every_steps: int = Field(200, ge=1)
-    strategy: Strategy = Field(default_factory=ClipStrategy, description="clip, clip_aug, slip, flip or clipa")
+    strategy: Strategy = Field(default_factory=ClipStrategy, description="clip, negclip, clip_aug, slip, flip or clipa")
 
     @model_validator(mode="after")
     def _whole_batches(self) -> "TrainConfig":

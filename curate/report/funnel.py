@@ -78,11 +78,14 @@ def _tier_table(counts: dict) -> str:
              for r in reasons]
     sums = [subsets[n] + sum(drops.get(n, {}).values()) for n in names]
     rows.append(["check", *["= uids" if s == total else f"!= uids ({fmt(s)})" for s in sums]])
-    head = ["rows", *names]
+    oracles = counts.get("evaluation_only") or []
+    head = ["rows", *(f"{n} (evaluation only)" if n in oracles else n for n in names)]
     facts = ", ".join(f"{k} {fmt(counts[k])}" for k in ("input_rows", "uids", "duplicate_uid_rows", "holdout")
                       if k in counts)
+    warning = note(f"{', '.join(oracles)}: chosen by the synth pool's ground truth (a ground_truth rule), to measure "
+                   "filters against; not a way to curate a real pool") if oracles else ""
     return ("<h3>tier</h3>" + note(f"{facts}; every uid not in a subset has exactly one first drop reason")
-            + table(head, rows))
+            + warning + table(head, rows))
 
 
 def _shard_table(manifests: dict[str, dict]) -> str:

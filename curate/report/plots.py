@@ -97,6 +97,24 @@ def intervals(panels: dict[str, list[tuple[str, float, float, float, int]]]) -> 
     return to_data_uri(fig)
 
 
+def against_budget(panels: dict[str, dict[str, list[tuple[float, float, float]]]]) -> str:
+    """One panel per metric: a line per subset through (samples seen, mean), its 95% interval shaded."""
+    fig, axes = new_figure(len(panels), cols=2, panel_size=(5.2, 3.2))
+    for ax, (metric, lines) in zip(axes, panels.items()):
+        for k, (subset, points) in enumerate(lines.items()):
+            x, mean, half = (np.array(v, dtype=float) for v in zip(*sorted(points)))
+            color = COLORS[k % len(COLORS)]
+            ax.plot(x, mean, "o-", color=color, linewidth=1.4, markersize=4, label=subset)
+            ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.15, linewidth=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("samples seen", fontsize=9)
+        ax.set_title(metric, fontsize=10)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    return to_data_uri(fig)
+
+
 def entry_counts(panels: dict[str, tuple[np.ndarray, np.ndarray, int]]) -> str:
     """One panel per balance rule (matches per entry over the pool, over the subset, t): entries sorted by their
     pool count, both counts on log axes, t as a dashed line; entries no caption contains are left out."""

@@ -1,6 +1,7 @@
 """Training curves (metrics.jsonl under train/ and filter/), the comparison table with 95% intervals
-(results.csv from `curate compare`; whatever columns it has) and each cell against the reference cell
-(versus_reference.csv)."""
+(results.csv from `curate compare`; whatever columns it has), each cell against the reference cell and the
+share of the oracle's gain it recovers (versus_reference.csv), and, when a grid sweeps budgets, each
+subset's quality against samples seen."""
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ from curate.report.html import fmt, img, missing, note, table
 MAX_CURVES = 24
 MAX_TABLE_ROWS = 200
 MAX_METRICS = 6
-CELL_KEYS = ("subset", "strategy", "model", "regime")
+CELL_KEYS = ("subset", "strategy", "model", "regime", "budget")
 NOT_METRICS = {"seed", "subset_size", "samples_seen", "wall_s", "samples_per_s", "steps", "records",
                "samples_skipped", "fingerprint"}
 HEADLINE_LEAVES = ("r5", "top1")  # retrieval R@5 and classification top-1 first; counts (n, classes) never
@@ -66,23 +67,76 @@ def headline(metrics: list[str]) -> list[str]:
 
 
 def versus(run_dir: Path) -> str:
-    """Each cell minus the reference cell, paired by seed, for the headline metrics and speed."""
+    """Each cell minus the reference cell, paired by seed, for the headline metrics and speed; with an
+    oracle, the share of its gain each cell recovers, in a table and in words."""
     path = Path(run_dir) / "versus_reference.csv"
     if not path.exists():
         return ""
     records = pacsv.read_csv(path).to_pylist()
+    keys = [k for k in CELL_KEYS if k in records[0]] if records else list(CELL_KEYS)
     metrics = headline(list(dict.fromkeys(r["metric"] for r in records))) + ["samples_per_s"]
     cells: dict[str, dict[str, str]] = {}
     for r in records:
         if r["metric"] in metrics:
-            label = " / ".join(str(r[k]) for k in CELL_KEYS)
+            label = " / ".join(str(r[k]) for k in keys if r[k] is not None)
             half = "" if r["ci95"] is None else f" ± {fmt(r['ci95'])}"
-            cells.setdefault(label, {})[r["metric"]] = f"{r['difference']:+.4g}{half} ({r['verdict']})"
+            share = _share(r) if r["metric"] != "samples_per_s" else ""
+            cells.setdefault(label, {})[r["metric"]] = (f"{r['difference']:+.4g}{half} ({r['verdict']})"
+                                                        + (f"; {share} of the oracle's gain" if share else ""))
     rows = [[label, *(found.get(m, "") for m in metrics)] for label, found in cells.items()]
     return ("<h3>Against the reference cell, paired by seed</h3>"
             + note("cell minus reference on the same seed: mean ± 95% interval half-width; `better`/`worse` "
-                   "when the interval excludes zero (versus_reference.csv)")
-            + table(["cell (" + " / ".join(CELL_KEYS) + ")", *metrics], rows))
+                   "when the interval excludes zero; with an oracle cell, the share of the oracle's gain over the "
+                   "reference (1 = a perfect filter, 0 = no better than the reference) (versus_reference.csv)")
+            + oracle_words(records, metrics[0] if metrics else "")
+            + table(["cell (" + " / ".join(keys) + ")", *metrics], rows))
+
+
+def _share(record: dict) -> str:
+    share = record.get("oracle_gain_share")
+    if share is None:
+        return ""
+    half = record.get("oracle_gain_share_ci95")
+    return f"{share:.0%}" + ("" if half is None else f" ± {half:.0%}")
+
+
+def oracle_words(records: list[dict], metric: str) -> str:
+    """Per budget, the cell that recovers most of the oracle's gain on the headline metric, in a sentence."""
+    best: dict = {}
+    for r in records:
+        if r["metric"] == metric and r.get("oracle_gain_share") is not None and r.get("regime") != "one_pass":
+            key = r.get("budget")
+            if key not in best or r["oracle_gain_share"] > best[key]["oracle_gain_share"]:
+                best[key] = r
+    lines = [f"At {fmt(budget) if budget else 'the'} samples seen, {r['subset']} ({r['strategy']}) recovers "
+             f"{_share(r)} of the oracle's gain in {metric} over the reference."
+             for budget, r in sorted(best.items(), key=lambda kv: kv[0] or 0)]
+    return "".join(note(line) for line in lines)
+
+
+def against_budget(records: list[dict], metrics: list[str]) -> str:
+    """Each subset's mean and 95% interval against samples seen, when the equal_samples cells sweep budgets."""
+    sweep = [r for r in records if r.get("regime") == "equal_samples" and _is_number(r.get("budget"))]
+    if len({r["budget"] for r in sweep}) < 2:
+        return ""
+    panels = {}
+    for m in metrics:
+        values: dict[tuple, list[float]] = {}
+        for r in sweep:
+            if _is_number(r.get(m)):
+                values.setdefault((f"{r['subset']} / {r['strategy']}", r["budget"]), []).append(float(r[m]))
+        lines: dict[str, list] = {}
+        for (label, budget), found in values.items():
+            mean, half = t_interval(found)
+            lines.setdefault(label, []).append((budget, mean, half or 0.0))
+        if lines:
+            panels[m] = lines
+    if not panels:
+        return ""
+    return ("<h3>Quality against compute</h3>"
+            + note("each subset at every equal_samples budget (mean over seeds, 95% interval shaded): where the "
+                   "best subset moves as compute grows")
+            + img(plots.against_budget(panels), "quality against samples seen"))
 
 
 def comparison(run_dir: Path) -> str:
@@ -100,7 +154,7 @@ def comparison(run_dir: Path) -> str:
                         and any(_is_number(r.get(c)) for r in good)])
     cells: dict[str, dict[str, list[float]]] = {}
     for r in good:
-        label = " / ".join(str(r[k]) for k in keys) or "all"
+        label = " / ".join(str(r[k]) for k in keys if r[k] is not None) or "all"
         for m in metrics:
             if _is_number(r.get(m)):
                 cells.setdefault(m, {}).setdefault(label, []).append(float(r[m]))
@@ -121,6 +175,7 @@ def comparison(run_dir: Path) -> str:
         body.append(table(["metric", "cell (" + " / ".join(keys) + ")", "runs", "mean", "95% interval"], summary_rows))
     else:
         body.append(missing("results.csv has no numeric metric columns to compare."))
+    body.append(against_budget(good, metrics))
     body.append(versus(run_dir))
     if failed:
         body.append(note(f"{len(failed)} run(s) failed and are left out of the means."))

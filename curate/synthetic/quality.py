@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 
 from curate.schema import DUP_REASONS
+from curate.synthetic.synth import CAPTION_NOISE
 
 
 def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -69,6 +70,40 @@ def picture_ids(pool: pa.Table, pairs_root: Path | None = None) -> dict[str, str
 
     by_uid = {r["uid"]: r for r in rows}
     return {uid: picture(by_uid[root]["src_key"]) for uid, root in family.items()}
+
+
+def filter_quality(run_dir: Path, pool_path: Path, noise_kinds=CAPTION_NOISE) -> dict:
+    """How well each score and each tier separates clean pairs from caption noise, on the rows dedup kept
+    (scored and `dup_keep`; every row when the run has no dedup).
+
+    Per score column: ROC-AUC of clean against each noise kind, and the clean share at the oracle's size (the
+    top N kept rows by the score, N = the clean kept rows: 1.0 for a perfect score). Per tier subset: rows,
+    clean share and rows per ground-truth kind."""
+    run_dir = Path(run_dir)
+    noise = dict(zip(*pq.read_table(pool_path, columns=["uid", "gt_noise"]).to_pydict().values()))
+    parts = sorted((run_dir / "score").glob("part-*.parquet"))
+    names = [c for c in pq.read_schema(parts[0]).names if c.startswith("score_")]
+    table = pa.concat_tables([pq.read_table(p, columns=["uid", "status", *names]) for p in parts]).to_pandas()
+    table = table[table.status == "ok"]
+    dup_path = run_dir / "dedup" / "dup.parquet"
+    if dup_path.exists():
+        kept = {u for u, k in zip(*pq.read_table(dup_path, columns=["uid", "dup_keep"]).to_pydict().values()) if k}
+        table = table[table.uid.isin(kept)]
+    kind = table.uid.map(noise).to_numpy()
+    clean = kind == "clean"
+    scores = {}
+    for name in names:
+        values = table[name].to_numpy(dtype=float)
+        top = np.argsort(-values, kind="stable")[:int(clean.sum())]
+        scores[name] = {**{k: round(roc_auc(values[clean], values[kind == k]), 4) for k in noise_kinds},
+                        "clean_share_at_oracle_size": _share(int(clean[top].sum()), len(top))}
+    subsets = {}
+    for path in sorted((run_dir / "tier" / "subsets").glob("*.parquet")):
+        kinds = [noise.get(u) for u in pq.read_table(path, columns=["uid"]).column("uid").to_pylist()]
+        counts = {k: kinds.count(k) for k in sorted(set(kinds), key=str)}
+        subsets[path.stem] = {"rows": len(kinds), "clean_share": _share(counts.get("clean", 0), len(kinds)),
+                              "by_noise": counts}
+    return {"kept_rows": int(len(table)), "oracle_rows": int(clean.sum()), "scores": scores, "subsets": subsets}
 
 
 def pairs_root(run_dir: Path) -> Path | None:

@@ -24,8 +24,9 @@ from curate.schema import CAPTION, HOLDOUT, NOT_DOWNLOADED, NOT_SCORED, STATUS, 
 from curate.score.score import ScoreConfig, ScoreStage
 from curate.stage import RunContext, Step
 from curate.tier.metadata import MetadataConfig, build_metadata
-from curate.tier.tier_rules import (DedupKeep, NearestClusters, Rule, RuleInputs, SubsetConfig, TopFraction, evaluate,
-                                    recipe_subsets, rule_columns, rule_files)
+from curate.tier.tier_rules import (GROUND_TRUTH, CaptionGroupBest, DedupKeep, GroundTruth, NearestClusters, Rule,
+                                    RuleInputs, SubsetConfig, TopFraction, evaluate, recipe_subsets, rule_columns,
+                                    rule_files)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,27 @@ def _join_dedup(run_dir: Path, uids: pa.ChunkedArray, extra: list[str]) -> dict[
     return {"dup_keep": pc.fill_null(keep, False).to_numpy(zero_copy_only=False),
             "dup_drop_reason": pc.fill_null(reason, "not_deduplicated"),
             **{c: _as_numpy(dup.column(c).take(rows)) for c in extra}}
+
+
+def _join_ground_truth(run_dir: Path, uids: pa.ChunkedArray) -> dict[str, pa.ChunkedArray]:
+    """gt_noise of the synth pool, in the order of `uids` (rows the pool lacks: null, so they never pass)."""
+    pool = pq.read_table(_ground_truth_path(run_dir), columns=[UID, GROUND_TRUTH])
+    return {GROUND_TRUTH: pool.column(GROUND_TRUTH).take(pc.index_in(uids, pool.column(UID)))}
+
+
+def _ground_truth_path(run_dir: Path) -> Path:
+    """The synth pool with ground truth, or a TierError: only synthetic pools can have an oracle."""
+    path = run_dir / "synth" / "pool.parquet"
+    if not path.exists() or GROUND_TRUTH not in pq.read_schema(path).names:
+        raise TierError(f"a ground_truth rule (an evaluation-only oracle) reads {GROUND_TRUTH} from {path}, and "
+                        "this run has no such pool: only pools made by the synth stage carry ground truth")
+    return path
+
+
+def evaluation_only(cfg: TierConfig) -> list[str]:
+    """Subsets that read ground truth: oracles for measuring filters, not curated data."""
+    return [s.name for s in cfg.all_subsets()
+            if any(isinstance(r, GroundTruth) for r in [*(cfg.base if s.base else []), *s.rules])]
 
 
 def _as_numpy(column: pa.ChunkedArray) -> np.ndarray | pa.ChunkedArray:
@@ -271,6 +293,8 @@ def _columns_needed(cfg: TierConfig, run_dir: Path, score: ScoreConfig | None) -
     names, dedup_names = available_columns(run_dir), _dedup_columns(run_dir)
     score_column = cfg.score_column or next((c for c in names if c.startswith("score_")), None)
     rules = cfg.all_rules()
+    if any(isinstance(r, GroundTruth) for r in rules):
+        _ground_truth_path(run_dir)
     missing = [str(p) for p in _files_read(cfg, run_dir) if not p.is_file()]
     if missing:
         raise TierError(f"tier rules read {missing}, which do not exist (relative paths are inside the run; "
@@ -278,12 +302,14 @@ def _columns_needed(cfg: TierConfig, run_dir: Path, score: ScoreConfig | None) -
     needed: list[str] = []
     from_dedup: list[str] = []
     for rule in rules:
-        if isinstance(rule, TopFraction) and (rule.column or score_column) is None:
-            raise TierError("a top_fraction rule needs a score column, and this run has none: run the score "
+        if isinstance(rule, (TopFraction, CaptionGroupBest)) and (rule.column or score_column) is None:
+            raise TierError(f"a {rule.kind} rule needs a score column, and this run has none: run the score "
                             "stage, or set tier.standard_fractions: [] and give subsets without top_fraction")
         if isinstance(rule, NearestClusters) and score is None:
             raise TierError("a nearest_clusters rule embeds its target images with the run's first scorer: "
                             "run the tier stage with the run's config (its score section)")
+        if isinstance(rule, GroundTruth):
+            continue
         for col in rule_columns(rule, score_column):
             if col.startswith("dup_"):
                 continue
@@ -318,19 +344,21 @@ def run_tier(cfg: TierConfig, run_dir: Path, score: ScoreConfig | None = None) -
     uids = pool.column(UID)
     columns = {c: _as_numpy(pool.column(c)) for c in needed}
     rules = cfg.all_rules()
-    if from_dedup or any(isinstance(r, DedupKeep) for r in rules):
+    if from_dedup or any(isinstance(r, (DedupKeep, CaptionGroupBest)) for r in rules):
         columns.update(_join_dedup(run_dir, uids, from_dedup))
+    if any(isinstance(r, GroundTruth) for r in rules):
+        columns.update(_join_ground_truth(run_dir, uids))
     status = pc.fill_null(pool.column(STATUS), NOT_DOWNLOADED)
     scored = pc.equal(status, Status.OK).to_numpy(zero_copy_only=False)
     holdout = holdout_mask(uids, cfg.holdout_fraction, cfg.holdout_seed)
     inputs = RuleInputs(columns, scored, score_column, uid_halves(uids)[:, 0], _in_run(run_dir),
-                        _target_embedder(score, run_dir))
+                        _target_embedder(score, run_dir), uids=uids)
 
     subsets_dir = out_dir / "subsets"
     subsets_dir.mkdir(parents=True, exist_ok=True)
     accounting = {UID: uids}
     counts: dict = {"input_rows": input_rows, "uids": pool.num_rows, "duplicate_uid_rows": input_rows - pool.num_rows,
-                    "holdout": int(holdout.sum()), "subsets": {}, "drops": {}}
+                    "holdout": int(holdout.sum()), "subsets": {}, "drops": {}, "evaluation_only": evaluation_only(cfg)}
     thresholds: dict[str, dict[str, float]] = {}
     written = set()
     for subset in cfg.all_subsets():

@@ -64,6 +64,29 @@ class Equals(BaseModel):
     value: bool | int | str
 
 
+class CaptionGroupBest(BaseModel):
+    """Among rows whose captions are near-duplicates of each other (dedup's caption groups, `caption_dup_of`),
+    keep the `keep` rows whose image matches the caption best by `column`: a caption that different pictures
+    share most likely belongs to the one it describes best (alt text copied across a page, a caption on the
+    wrong image, a name reused). Rows dedup kept rank before the copies it dropped; a caption no other row
+    shares always passes."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["caption_group_best"] = "caption_group_best"
+    column: str | None = Field(None, description="default: tier.score_column")
+    keep: int = Field(1, ge=1, description="rows kept per caption group")
+
+
+class GroundTruth(BaseModel):
+    """Evaluation only: keep rows whose ground truth (a synth pool's `gt_noise`) is one of `keep`: the oracle
+    subset a filter is measured against (`compare`'s `oracle:` cell). Refused on pools without ground truth;
+    never a way to curate."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["ground_truth"] = "ground_truth"
+    keep: list[str] = Field(default_factory=lambda: ["clean"], min_length=1, description="gt_noise values kept")
+
+
 class DedupKeep(BaseModel):
     """Keep the kept member of each duplicate group (dedup/dup.parquet's dup_keep)."""
 
@@ -136,7 +159,8 @@ class Balance(BaseModel):
 
 
 Rule = Annotated[Union[TopFraction, Threshold, Equals, DedupKeep, Language, CaptionWords, ImageSize,
-                       NearestClusters, TextMatch, Balance], Field(discriminator="kind")]
+                       NearestClusters, TextMatch, Balance, CaptionGroupBest, GroundTruth], Field(discriminator="kind")]
+GROUND_TRUTH = "gt_noise"  # the synth pool's column a ground_truth rule reads
 
 
 class SubsetConfig(BaseModel):
@@ -165,8 +189,12 @@ def recipe_subsets(name: str) -> tuple[SubsetConfig, ...]:
 def rule_columns(rule, score_column: str) -> list[str]:
     if isinstance(rule, TopFraction):
         return [rule.column or score_column]
+    if isinstance(rule, CaptionGroupBest):
+        return [rule.column or score_column, "caption_dup_of", "dup_keep"]
     if isinstance(rule, (Threshold, Equals, Language)):
         return [rule.column]
+    if isinstance(rule, GroundTruth):
+        return [GROUND_TRUTH]
     if isinstance(rule, CaptionWords):
         return ["caption_words", "caption_chars"]
     if isinstance(rule, ImageSize):
@@ -184,6 +212,8 @@ def rule_files(rule) -> list[Path]:
         return [rule.entries]
     if isinstance(rule, NearestClusters):
         return [rule.target / "pairs.parquet"]
+    if isinstance(rule, GroundTruth):
+        return [Path("synth/pool.parquet")]
     return []
 
 
@@ -191,7 +221,8 @@ def rule_files(rule) -> list[Path]:
 class RuleInputs:
     """What rules read. `columns`: numbers as float64 with NaN for null, embeddings as 2-D arrays (NaN rows),
     anything else as Arrow. `scored`: rows with status ok (quantiles and entry counts are over them).
-    `uid_keys`: 64 bits of each uid (per-row random draws). `path`: where a rule's relative path is.
+    `uid_keys`: 64 bits of each uid (per-row random draws); `uids`: the uids themselves. `path`: where a
+    rule's relative path is.
     `embed_pairs`: image embeddings of a pairs folder by the pool's scorer."""
 
     columns: dict
@@ -200,6 +231,7 @@ class RuleInputs:
     uid_keys: np.ndarray | None = None
     path: Callable[[Path], Path] = Path
     embed_pairs: Callable[[Path], np.ndarray] | None = None
+    uids: pa.ChunkedArray | None = None
     cache: dict = field(default_factory=dict)  # entry matches, shared by the rules that read one file
 
     def matches(self, entries: Path) -> tuple[np.ndarray, np.ndarray, int]:
@@ -243,7 +275,29 @@ def evaluate(rule, inputs: RuleInputs):
         return equal, f"{rule.column}_not_{str(rule.value).lower()}", None
     if isinstance(rule, DedupKeep):
         return columns["dup_keep"], columns["dup_drop_reason"], None
+    if isinstance(rule, CaptionGroupBest):
+        column = rule.column or inputs.score_column
+        rank = caption_group_rank(columns["caption_dup_of"], columns[column], columns["dup_keep"], inputs.uids)
+        return rank < rule.keep, f"not_top_{rule.keep}_{column}_for_its_caption", None
+    if isinstance(rule, GroundTruth):
+        return (_passes(pc.is_in(columns[GROUND_TRUTH], pa.array(rule.keep, pa.string()))),
+                f"ground_truth_not_{'_'.join(rule.keep)}", None)
     return _evaluate_curation(rule, inputs)
+
+
+def caption_group_rank(caption_of: pa.ChunkedArray, score: np.ndarray, kept: np.ndarray,
+                       uids: pa.ChunkedArray) -> np.ndarray:
+    """Each row's place in its caption group (0 = best): dedup-kept rows first, then by score, highest
+    first; rows without a score rank last (a large number)."""
+    group = pc.dictionary_encode(pc.coalesce(caption_of, uids)).combine_chunks().indices.to_numpy(zero_copy_only=False)
+    valid = ~np.isnan(score)
+    order = np.lexsort((-np.where(valid, score, -np.inf), ~np.asarray(kept, bool), group))
+    sorted_group = group[order]
+    starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+    place = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    rank = np.empty(len(order), np.int64)
+    rank[order] = place
+    return np.where(valid, rank, np.iinfo(np.int64).max)
 
 
 def _either(first_fails: np.ndarray, first: str, second: str) -> pa.ChunkedArray:

@@ -181,6 +181,30 @@ def test_training_curves_and_comparison_intervals(tmp_path):
     assert training.count("<img") == 1 and "train/top20" in training and "finished" in training
 
 
+def test_a_budget_sweep_is_plotted_and_the_oracle_share_is_said_in_words(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = ["subset,strategy,model,seed,regime,budget,samples_seen,google/retrieval/i2t/r5,status,error"]
+    for budget, lift in ((256, 0.0), (512, 0.1)):
+        for subset, extra in (("top100", 0.0), ("top60", 0.05), ("oracle", 0.1)):
+            lines += [f"{subset},clip,m,{seed},equal_samples,{budget},{budget},{0.2 + lift + extra + 0.01 * seed},ok,"
+                      for seed in range(3)]
+    (run / "results.csv").write_text("\n".join(lines) + "\n")
+    (run / "versus_reference.csv").write_text(
+        "subset,strategy,model,regime,budget,metric,seeds,reference_mean,mean,difference,ci95,relative,verdict,"
+        "oracle_gain_share,oracle_gain_share_ci95\n"
+        "top60,clip,m,equal_samples,256,google/retrieval/i2t/r5,3,0.21,0.26,0.05,0.0,0.238,better,0.5,0.0\n"
+        "oracle,clip,m,equal_samples,256,google/retrieval/i2t/r5,3,0.21,0.31,0.1,0.0,0.476,better,,\n"
+        "top60,clip,m,equal_samples,512,google/retrieval/i2t/r5,3,0.31,0.36,0.05,0.0,0.161,better,0.42,0.1\n")
+    page = write_report(run).read_text()
+    comparison = page[page.index('id="comparison"'):]
+    assert "Quality against compute" in comparison
+    assert comparison.count("<img") == 2  # the intervals and the budget sweep
+    assert "At 256 samples seen, top60 (clip) recovers 50% ± 0% of the oracle" in comparison
+    assert "At 512 samples seen, top60 (clip) recovers 42% ± 10% of the oracle" in comparison
+    assert "50% ± 0% of the oracle&#x27;s gain" in comparison or "50% ± 0% of the oracle's gain" in comparison
+
+
 class _Rows(HTMLParser):
     """Every table row of a page as a list of cell texts."""
 
@@ -306,3 +330,14 @@ def test_recipes_section_on_a_hand_made_run(tmp_path):
     config.write_text(yaml.safe_dump({"stages": ["synth", "download", "tier"], "tier": tier}))
     page = write_report(run).read_text()
     assert 'id="recipes"' not in page and 'class="error"' not in page
+
+
+def test_the_tier_table_marks_evaluation_only_subsets():
+    from curate.report.funnel import _tier_table
+
+    counts = {"uids": 10, "subsets": {"top100": 8, "oracle": 5}, "evaluation_only": ["oracle"],
+              "drops": {"top100": {"duplicate_exact_image": 2}, "oracle": {"ground_truth_not_clean": 5}}}
+    html = _tier_table(counts)
+    assert "oracle (evaluation only)" in html and "top100 (evaluation only)" not in html
+    assert "not a way to curate a real pool" in html
+    assert "evaluation only" not in _tier_table({**counts, "evaluation_only": []})

@@ -8,7 +8,7 @@ import webdataset as wds
 
 from curate.interval import t_interval
 from curate.synthetic.scenes import describe, encode, random_scene, render
-from pipelines.compare import LEADING, CompareConfig, compare
+from pipelines.compare import LEADING, CompareConfig, cells, compare
 from pipelines.config import ConfigError, load_config
 from pipelines.versus import Reference, versus_reference
 from tests.conftest import EMOJI, ROOT
@@ -217,6 +217,49 @@ def test_cells_are_measured_against_the_reference_paired_by_seed():
     assert out["top", "aug"]["verdict"] == "no clear difference"  # -0.1, +0.1, +0.2
     assert out["top", "flip"]["seeds"] == 2 and out["top", "flip"]["verdict"] == "worse"  # -0.2, -0.2
     assert out["solo", "clip"]["verdict"] == "too few seeds"
+
+
+def test_each_cell_reads_as_a_share_of_the_oracles_gain_at_its_own_budget():
+    """Per seed (cell - reference) / (oracle - reference): a cell halfway to the oracle on every seed has
+    share 0.5 with a zero-width interval; budgets are matched, never mixed; a seed where the oracle does not
+    beat the reference carries no share."""
+    rows = []
+    for budget, lift in ((100, 1.0), (200, 2.0)):
+        for s, base in enumerate([0.2, 0.5, 0.7]):
+            rows += [{**_row("all", "clip", s, base), "budget": budget},
+                     {**_row("oracle", "clip", s, base + 0.2 * lift), "budget": budget},
+                     {**_row("top", "clip", s, base + 0.1 * lift), "budget": budget}]
+    rows += [{**_row("all", "clip", 0, 0.3), "budget": 300}, {**_row("oracle", "clip", 0, 0.3), "budget": 300},
+             {**_row("top", "clip", 0, 0.4), "budget": 300}]
+    out = {(r["subset"], r["budget"]): r for r in
+           versus_reference(rows, Reference(subset="all"), ["r5"], Reference(subset="oracle"))}
+    for budget in (100, 200):
+        assert out["top", budget]["oracle_gain_share"] == pytest.approx(0.5)
+        assert out["top", budget]["oracle_gain_share_ci95"] == pytest.approx(0, abs=1e-9)
+        assert out["oracle", budget]["oracle_gain_share"] is None and out["oracle", budget]["verdict"] == "better"
+        assert out["top", budget]["difference"] == pytest.approx(0.1 * budget / 100)
+    assert out["top", 300]["oracle_gain_share"] is None and out["top", 300]["verdict"] == "too few seeds"
+    plain = versus_reference(rows, Reference(subset="all"), ["r5"])
+    assert all(r["oracle_gain_share"] is None for r in plain)
+
+
+def test_a_grid_sweeps_budgets_as_cells_of_their_own(eval_pairs):
+    """Budgets other than the top-level samples_seen get a folder suffix; the default budget keeps the
+    name cells had before sweeps existed; one_pass cells have no budget."""
+    cfg = CompareConfig.model_validate({
+        "samples_seen": 64, "train": {"batch_size": 32}, "eval_sets": [{"name": "e", "pairs": str(eval_pairs)}],
+        "reference": {"subset": "a"}, "oracle": {"subset": "o"},
+        "grids": {"g": {"subsets": ["a", "o"], "seeds": [0], "samples_seen": [64, 128]}}})
+    ids = sorted(cell.id for cell, _ in cells(cfg))
+    assert ids == ["a__clip__tiny-vit-32__s0__equal_samples", "a__clip__tiny-vit-32__s0__equal_samples__n128",
+                   "a__clip__tiny-vit-32__s0__one_pass", "o__clip__tiny-vit-32__s0__equal_samples",
+                   "o__clip__tiny-vit-32__s0__equal_samples__n128", "o__clip__tiny-vit-32__s0__one_pass"]
+    assert {cell.budget for cell, _ in cells(cfg) if cell.regime == "one_pass"} == {None}
+    with pytest.raises(ValueError, match="multiple of train.batch_size"):
+        CompareConfig.model_validate({**cfg.model_dump(mode="json"),
+                                      "grids": {"g": {"subsets": ["a", "o"], "samples_seen": [48]}}})
+    with pytest.raises(ValueError, match="oracle"):
+        CompareConfig.model_validate({**cfg.model_dump(mode="json"), "oracle": {"subset": "missing"}})
 
 
 def test_t_interval_matches_the_textbook_value():

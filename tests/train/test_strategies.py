@@ -10,11 +10,12 @@ from curate.models.clip import create, tokenizer
 from curate.models.train_config import TrainConfig
 from tests.train.test_train import _cfg, _pairs_dir
 from train.evaluate import evaluate
-from train.strategies import Phase, ShortText, make_strategy, nt_xent, plan_phases
+from train.strategies import Phase, ShortText, make_strategy, nt_xent, plan_phases, swap_one_token
 from train.train import cosine_lr, train
 
 STRATEGIES = {
     "clip": {"name": "clip"},
+    "negclip": {"name": "negclip"},
     "clip_aug": {"name": "clip_aug", "augment": {"kind": "stacked_randaugment"}},
     "slip": {"name": "slip", "head_hidden_dim": 32, "head_out_dim": 16},
     "flip": {"name": "flip", "mask_ratio": 0.75, "finetune_samples": 16},
@@ -158,6 +159,21 @@ def test_finetune_phase_has_its_own_schedule():
     assert (main.steps, finetune.start_step, finetune.steps, finetune.reduced) == (8, 8, 2, False)
     lrs = [cosine_lr(s, cfg) for s in range(10)]
     assert lrs[1] == 1e-3 and lrs[7] < 1e-4 and lrs[8] == pytest.approx(5e-4) and lrs[9] < lrs[8]
+
+
+def test_negclip_swaps_one_inner_token_per_caption_for_a_token_of_the_batch():
+    """Start, end and padding stay; exactly one word token changes where the copy counts as a negative;
+    an empty caption is never a negative; the loss sees a swapped copy as one more wrong caption."""
+    texts = tokenizer("tiny-vit-32")(["grinning face with big eyes", "flag: united states", "", "tooth", "red apple"])
+    torch.manual_seed(0)
+    for _ in range(20):
+        swapped, valid = swap_one_token(texts)
+        changed = (swapped != texts).sum(1)
+        assert torch.equal(changed, valid.long()) and not valid[2]
+        assert torch.equal(swapped[:, 0], texts[:, 0]) and torch.equal(swapped == 0, texts == 0)
+        inner = texts[:, 1:][(texts[:, 1:] != 0) & (texts[:, 1:] != texts.max())]
+        assert set(swapped[valid].flatten().tolist()) <= set(texts.flatten().tolist())
+        assert set(swapped[swapped != texts].tolist()) <= set(inner.tolist())
 
 
 def test_nt_xent_is_low_for_matching_views_and_chance_for_random_ones():

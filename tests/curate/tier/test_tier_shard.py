@@ -14,7 +14,8 @@ from curate.download.download import run_download
 from curate.score.score import ScoreConfig, ScorerConfig, run_score
 from curate.shard import ShardConfig, ShardError, run_shard
 from curate.tier.tier import TierConfig, TierError, npy_to_uids, run_tier
-from curate.tier.tier_rules import DedupKeep, Equals, SubsetConfig, Threshold
+from curate.tier.tier_rules import (CaptionGroupBest, DedupKeep, Equals, GroundTruth, SubsetConfig, Threshold,
+                                    caption_group_rank)
 from pipelines.runners import LocalRunner
 from tests.conftest import fast_download, read_parts
 
@@ -101,6 +102,54 @@ def test_tier_bad_requests_fail_clearly_and_empty_subsets_are_valid(scored_run, 
     assert stats["subsets"] == {"none": 0}
     manifest = json.loads((run / "shards" / "none" / "manifest.json").read_text())
     assert manifest["samples"] == 0 and manifest["shards"] == []
+
+
+def test_the_oracle_keeps_exactly_the_clean_rows_and_is_refused_without_ground_truth(scored_run, small_pool, tmp_path):
+    """A ground_truth subset keeps the scored, deduplicated rows whose gt_noise is clean, is listed as
+    evaluation only, and a pool with no synth ground truth is refused before any subset is written."""
+    import shutil
+
+    run = _fresh(scored_run, tmp_path)
+    oracle = SubsetConfig(name="oracle", rules=[GroundTruth()])
+    with pytest.raises(TierError, match="only pools made by the synth stage carry ground truth"):
+        run_tier(TierConfig(base=[DedupKeep()], subsets=[oracle]), run)
+    assert not (run / "tier" / "subsets").exists()
+    (run / "synth").mkdir()
+    shutil.copy(small_pool / "pool.parquet", run / "synth" / "pool.parquet")
+    counts = run_tier(TierConfig(base=[DedupKeep()], subsets=[oracle]), run)
+    truth = {r["uid"]: r["gt_noise"] for r in pq.read_table(small_pool / "pool.parquet").to_pylist()}
+    dup = {r["uid"]: r["dup_keep"] for r in pq.read_table(run / "dedup" / "dup.parquet").to_pylist()}
+    scored = {r["uid"] for r in read_parts(run / "score").to_pylist() if r["status"] == "ok"}
+    expected = sorted(u for u in scored if truth[u] == "clean" and dup.get(u))
+    kept = pq.read_table(run / "tier" / "subsets" / "oracle.parquet").column("uid").to_pylist()
+    assert kept == expected and 0 < len(kept) < len(scored)
+    assert counts["evaluation_only"] == ["oracle"]
+    assert counts["drops"]["oracle"]["ground_truth_not_clean"] > 0
+
+
+def test_a_shared_caption_keeps_the_row_whose_image_matches_it_best():
+    """Groups by caption_dup_of (the head has none); dedup-kept rows rank before dropped copies even when a
+    copy scores higher; unscored rows never pass; a caption nobody shares passes."""
+    import pyarrow as pa
+
+    uids = pa.chunked_array([pa.array(["a", "b", "c", "d", "e", "f"])])
+    caption_of = pa.chunked_array([pa.array([None, "a", "a", None, "d", None])])
+    score = np.array([0.2, 0.5, 0.9, 0.1, np.nan, 0.0])
+    kept = np.array([True, True, False, True, True, True])
+    rank = caption_group_rank(caption_of, score, kept, uids)
+    assert rank[:4].tolist() == [1, 0, 2, 0] and rank[4] > 10 ** 9 and rank[5] == 0
+    passes = rank < CaptionGroupBest(keep=2).keep
+    assert passes.tolist() == [True, True, False, True, False, True]
+
+
+def test_caption_group_best_is_a_tier_rule_with_its_own_reason(scored_run, tmp_path):
+    run = _fresh(scored_run, tmp_path)
+    best = SubsetConfig(name="best", rules=[CaptionGroupBest()])
+    counts = run_tier(TierConfig(base=[DedupKeep()], standard_fractions=[], subsets=[best]), run)
+    dup = pq.read_table(run / "dedup" / "dup.parquet").to_pylist()
+    shared = sum(1 for r in dup if r["dup_keep"] and r["caption_dup_count"] and r["caption_dup_count"] > 1)
+    groups = len({r["caption_dup_of"] or r["uid"] for r in dup if r["dup_keep"] and (r["caption_dup_count"] or 0) > 1})
+    assert counts["drops"]["best"]["not_top_1_score_s_for_its_caption"] == shared - groups > 0
 
 
 def _read_tars(shard_dir):
