@@ -69,6 +69,10 @@ class TierConfig(BaseModel):
         replaced = {s.name for s in from_recipes}
         return standard + from_recipes + [s for s in self.subsets if s.name not in replaced]
 
+    def rules_of(self, subset: SubsetConfig) -> list[Rule]:
+        """A subset's rules in the order they apply: the base rules (unless base: false), then its own."""
+        return [*(self.base if subset.base else []), *subset.rules]
+
     def all_rules(self) -> list[Rule]:
         """The base rules, then every subset's own rules."""
         return [*self.base, *(r for s in self.all_subsets() for r in s.rules)]
@@ -149,8 +153,7 @@ def _ground_truth_path(run_dir: Path) -> Path:
 
 def evaluation_only(cfg: TierConfig) -> list[str]:
     """Subsets that read ground truth: oracles for measuring filters, not curated data."""
-    return [s.name for s in cfg.all_subsets()
-            if any(isinstance(r, GroundTruth) for r in [*(cfg.base if s.base else []), *s.rules])]
+    return [s.name for s in cfg.all_subsets() if any(isinstance(r, GroundTruth) for r in cfg.rules_of(s))]
 
 
 def _as_numpy(column: pa.ChunkedArray) -> np.ndarray | pa.ChunkedArray:
@@ -344,7 +347,7 @@ def run_tier(cfg: TierConfig, run_dir: Path, score: ScoreConfig | None = None) -
     uids = pool.column(UID)
     columns = {c: _as_numpy(pool.column(c)) for c in needed}
     rules = cfg.all_rules()
-    if from_dedup or any(isinstance(r, (DedupKeep, CaptionGroupBest)) for r in rules):
+    if from_dedup or any(isinstance(r, DedupKeep) for r in rules):  # caption_group_best reads caption_dup_of
         columns.update(_join_dedup(run_dir, uids, from_dedup))
     if any(isinstance(r, GroundTruth) for r in rules):
         columns.update(_join_ground_truth(run_dir, uids))
@@ -366,7 +369,7 @@ def run_tier(cfg: TierConfig, run_dir: Path, score: ScoreConfig | None = None) -
         reasons.drop(~scored, status)
         reasons.drop(holdout, HOLDOUT)
         thresholds[subset.name] = {}
-        for rule in [*(cfg.base if subset.base else []), *subset.rules]:
+        for rule in cfg.rules_of(subset):
             passes, reason, cut = evaluate(rule, inputs)
             reasons.drop(~passes, reason)
             if cut is not None:
