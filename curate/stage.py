@@ -191,17 +191,26 @@ class StageFailed(RuntimeError):
         super().__init__(f"stage {stage!r} failed: {what}")
 
 
+def run_in_process(calls: list[tuple[Callable, tuple]], desc: str) -> list:
+    """Run independent calls `(function, args)` one after another here; their results in order. A global
+    step's tasks go through this or a runner's `parallel` (Ray tasks across the cluster), which agree."""
+    from tqdm import tqdm
+
+    return [fn(*args) for fn, args in tqdm(calls, desc=desc, unit="task", mininterval=2, leave=False)]
+
+
 @dataclass
 class RunContext:
     """What a step runs with: the pipeline config (`cfg.<step name>` is its section), the run directory, the
     runner (`map_parts(stage, parts)`), and what only the orchestration layer has: the trainer
-    (`train(TrainConfig, out_dir)`) and the Ray LSH shuffle (`ray_buckets()` returns the bucket function)."""
+    (`train(TrainConfig, out_dir)`) and `parallel(calls, desc)`, which runs a global step's independent tasks
+    (as Ray tasks under the Ray runner)."""
 
     cfg: Any
     run_dir: Path
     runner: Any = None
     train: Callable | None = None
-    ray_buckets: Callable | None = None
+    parallel: Callable = run_in_process
 
 
 class Step:

@@ -22,6 +22,16 @@ def task_options(resources: Resources, retries: int) -> dict:
             "max_retries": retries, "retry_exceptions": True}
 
 
+def global_task_options(retries: int, node: str | None = None) -> dict:
+    """Options for a global step's tasks: a CPU each, retried; pinned to `node` when given."""
+    options: dict = {"num_cpus": 1, "max_retries": retries, "retry_exceptions": True}
+    if node is not None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
+    return options
+
+
 def largest_node_cpus(ray) -> float:
     """The most CPUs any live node of the cluster has (an actor's CPUs must all be on one node)."""
     return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)

@@ -8,12 +8,15 @@ import json
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from tqdm import tqdm
 
 from curate.io import Part
 from curate.mirror import RemoteRun, stage_through_store
 from curate.stage import MapStage, stage_part
-from pipelines.ray_options import actor_pool_kwargs, init_kwargs, largest_node_cpus, node_id, task_options
+from pipelines.ray_options import (actor_pool_kwargs, global_task_options, init_kwargs, largest_node_cpus, node_id,
+                                   task_options)
 from pipelines.runners import LocalRunner, commit, pending_parts, stage_with_retries, tally
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,20 @@ class RayRunner:
         refs = {task.remote(stage, part, remote): part for part in todo}
         tally(stage, todo, self._finished(ray, stage, refs), " (ray)")
 
+    def parallel(self, calls: list[tuple[Callable, tuple]], desc: str) -> list:
+        """A global step's independent tasks as Ray tasks (results in order). On a run kept on a store they
+        read and write the driver's working copy, so they run on the driver's node."""
+        ray = self.ensure_ray()
+        options = global_task_options(self.part_retries, node_id() if self.copy is not None else None)
+        task = ray.remote(_call).options(**options)
+        refs = [task.remote(fn, args) for fn, args in calls]
+        waiting, bar = list(refs), tqdm(total=len(refs), desc=f"{desc} (ray)", unit="task", mininterval=2, leave=False)
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            bar.update(len(done))
+        bar.close()
+        return ray.get(refs)
+
     def _commit(self, stage: MapStage, staged: tuple[Part, dict]) -> str | None:
         """Commit what a worker staged: on the store for a run there, else in the run directory."""
         return commit(stage, staged, self.copy, on_store=self.copy is not None)
@@ -102,6 +119,11 @@ class RayRunner:
 
             ray.shutdown()
             self._started_here = False
+
+
+def _call(fn: Callable, args: tuple):
+    """A Ray task: one call of a global step."""
+    return fn(*args)
 
 
 class PartActor:

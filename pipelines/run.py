@@ -34,15 +34,6 @@ def open_run(out, storage: StorageConfig | None = None) -> tuple[Path, WorkingCo
     return Path(out), None
 
 
-def ray_buckets_on(runner):
-    """The LSH bucket function as a Ray shuffle on the runner's cluster (`dedup.lsh_shuffle: ray`)."""
-    from pipelines.ray_lsh import ray_buckets
-
-    if hasattr(runner, "ensure_ray"):
-        runner.ensure_ray()
-    return ray_buckets
-
-
 def train_filter(cfg, out_dir: Path) -> dict:
     """The trainer, imported once a stage trains (torch loads only then)."""
     from train.train import train
@@ -51,8 +42,9 @@ def train_filter(cfg, out_dir: Path) -> dict:
 
 
 def context(cfg: PipelineConfig, out_dir: Path, runner) -> RunContext:
-    """What the steps run with: this layer provides the trainer and the Ray LSH shuffle."""
-    return RunContext(cfg, Path(out_dir), runner, train=train_filter, ray_buckets=lambda: ray_buckets_on(runner))
+    """What the steps run with: this layer provides the trainer and the runner's way to run a global step's
+    tasks (Ray tasks, or in this process)."""
+    return RunContext(cfg, Path(out_dir), runner, train=train_filter, parallel=runner.parallel)
 
 
 def check_pipeline(cfg: PipelineConfig, out_dir: Path, only: list[str] | None = None) -> None:

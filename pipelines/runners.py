@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Iterable
+from typing import Callable, Iterable
 
 from tqdm import tqdm
 
 from curate.io import Part
 from curate.mirror import RemoteRun, WorkingCopy, stage_through_store
-from curate.stage import MapStage, PartsFailed, commit_part, is_done, stage_part
+from curate.stage import MapStage, PartsFailed, commit_part, is_done, run_in_process, stage_part
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,9 @@ class LocalRunner:
     def map_parts(self, stage: MapStage, parts: list[Part]) -> None:
         todo = pending_parts(stage, parts)
         tally(stage, todo, ((part, self._run(stage, part)) for part in todo))
+
+    def parallel(self, calls: list[tuple[Callable, tuple]], desc: str) -> list:
+        return run_in_process(calls, desc)
 
     def _run(self, stage: MapStage, part: Part) -> str | None:
         staged, error = stage_with_retries(stage, part, self.part_retries)

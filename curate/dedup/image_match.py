@@ -16,9 +16,11 @@ whole of the other, in both directions, searched on a coarse grid at 8 px and re
 - the copy verifier (curate.dedup.copy_verifier, when given) judges the pairs that passed: a small network that
   learnt what a copy keeps and what a lookalike (a skin tone, a flag's colours, a digit in the frame) changes.
 
-Thumbnails are `THUMB_PX` square RGB (12 KB a row, kept for rows that were in some candidate pair)."""
+Thumbnails are `THUMB_PX` square RGB (12 KB a row, kept on disk for rows that were in some candidate pair)."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from curate.decode import decode_rgb
 from curate.tars import MemberReader, index_tar, shard_path
 
 THUMB_PX = 64
+SLOT_BYTES = THUMB_PX * THUMB_PX * 3
 EDGE_WEIGHT = 0.8
 LUMA = (0.299, 0.587, 0.114)
 GRID = [(a, b) for a in np.arange(0, 0.201, 0.05) for b in np.arange(0, 0.201, 0.05) if a + b <= 0.25 + 1e-9]
@@ -55,14 +58,16 @@ def thumbnail(data: bytes) -> np.ndarray | None:
 
 class ThumbnailStore:
     """Thumbnails of a table's rows (uid, shard, key) by row number, read on first use straight from the
-    download tars (each tar's header index is built once); zeros, which match nothing, where an image is
-    missing or does not decode."""
+    download tars (each tar's header index is built once) and kept on disk (a temporary file in `spill_dir`,
+    12 KB a row), never the whole table's in memory; zeros, which match nothing, where an image is missing or
+    does not decode."""
 
-    def __init__(self, table: pa.Table, download_dir: Path):
+    def __init__(self, table: pa.Table, download_dir: Path, spill_dir: Path | None = None):
         self.download_dir = download_dir
         self.shards, self.keys = table.column("shard").to_pylist(), table.column("key").to_pylist()
         self.indexes: dict[str, tuple[Path, dict]] = {}
-        self.cache: dict[int, np.ndarray] = {}
+        self.file = tempfile.TemporaryFile(dir=spill_dir)  # a slot per row; gone when the store is
+        self.filled = np.zeros(table.num_rows, bool)
 
     def _index(self, shard: str) -> tuple[Path, dict]:
         if shard not in self.indexes:
@@ -80,10 +85,16 @@ class ThumbnailStore:
         return np.zeros((THUMB_PX, THUMB_PX, 3), np.uint8) if thumb is None else thumb
 
     def get(self, rows: np.ndarray) -> np.ndarray:
-        for row in rows.tolist():
-            if row not in self.cache:
-                self.cache[row] = self._read(row)
-        return np.stack([self.cache[row] for row in rows.tolist()])
+        """(len(rows), THUMB_PX, THUMB_PX, 3): each read from its tar once, then from this store's file."""
+        fd, out = self.file.fileno(), np.empty((len(rows), THUMB_PX, THUMB_PX, 3), np.uint8)
+        for k, row in enumerate(rows.tolist()):
+            if not self.filled[row]:
+                out[k] = self._read(row)
+                os.pwrite(fd, out[k].tobytes(), row * SLOT_BYTES)
+                self.filled[row] = True
+            else:
+                out[k] = np.frombuffer(os.pread(fd, SLOT_BYTES, row * SLOT_BYTES), np.uint8).reshape(out.shape[1:])
+        return out
 
 
 def window_weights(size: int, px: int, cut_start: np.ndarray, cut_end: np.ndarray) -> torch.Tensor:

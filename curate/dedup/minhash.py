@@ -26,7 +26,7 @@ def _token_hashes(tokens: list[str]) -> np.ndarray:
     return np.fromiter((xxhash.xxh32_intdigest(t.encode()) for t in tokens), dtype=np.uint64, count=len(tokens))
 
 
-def signatures(sets: list[set[str]], num_perm: int = 128, seed: int = 1, chunk: int = 200_000) -> np.ndarray:
+def signatures(sets: list[set[str]], num_perm: int = 128, seed: int = 1, chunk: int = 50_000) -> np.ndarray:
     """(len(sets), num_perm) uint32 MinHash signatures, all docs at once, minimised per document with
     reduceat. The permutations are multiply-add-shift hashes of the 32-bit token hash,
     h_p(x) = ((a_p x + b_p) mod 2^64) >> 32 with odd a_p: no modulo, so numpy does them at memory
@@ -78,11 +78,11 @@ def memory_buckets(keys: np.ndarray) -> list[np.ndarray]:
     return buckets
 
 
-def lsh_candidates(sigs: np.ndarray, threshold: float, buckets=memory_buckets) -> set[tuple[int, int]]:
-    """Pairs (i < j) that share at least one band. `buckets` groups documents by (band, key): in memory
-    by default, or a distributed shuffle (pipelines.ray_lsh) for pools larger than one node."""
+def lsh_candidates(sigs: np.ndarray, threshold: float) -> set[tuple[int, int]]:
+    """Pairs (i < j) that share at least one band, grouped in memory (the dedup stage groups them by hash
+    partitions instead: curate.dedup.partitions)."""
     pairs: set[tuple[int, int]] = set()
-    for bucket in buckets(band_keys(sigs, threshold)):
+    for bucket in memory_buckets(band_keys(sigs, threshold)):
         members = sorted(int(m) for m in bucket)
         for x in range(len(members)):
             for y in range(x + 1, len(members)):
@@ -91,8 +91,9 @@ def lsh_candidates(sigs: np.ndarray, threshold: float, buckets=memory_buckets) -
 
 
 def near_duplicate_captions(captions: list[str], threshold: float = 0.8, num_perm: int = 128,
-                            kind: str = "word", n: int = 1, buckets=memory_buckets) -> list[tuple[int, int, float]]:
-    """Verified pairs (i, j, jaccard >= threshold) among captions; empty captions never match.
+                            kind: str = "word", n: int = 1) -> list[tuple[int, int, float]]:
+    """Verified pairs (i, j, jaccard >= threshold) among captions, in one process (the benchmark's and the
+    tests' reference for the dedup stage's partitioned path); empty captions never match.
 
     Captions with identical shingle sets are linked to their first occurrence directly (Jaccard 1), and
     only one of them enters LSH, so thousands of copies of one boilerplate caption cost no quadratic work."""
@@ -110,7 +111,7 @@ def near_duplicate_captions(captions: list[str], threshold: float = 0.8, num_per
             first_of[key] = i
             reps.append(i)
     sigs = signatures([sets[i] for i in reps], num_perm)
-    for a, b in lsh_candidates(sigs, threshold, buckets):
+    for a, b in lsh_candidates(sigs, threshold):
         i, j = reps[a], reps[b]
         jaccard = len(sets[i] & sets[j]) / len(sets[i] | sets[j])
         if jaccard >= threshold:

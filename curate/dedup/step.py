@@ -12,7 +12,7 @@ from curate.stage import RunContext, Step
 
 
 class DedupStep(Step):
-    """`dedup`: one global step over every scored row."""
+    """`dedup`: one global step over every scored row, as bounded-memory tasks (curate/dedup/partitions.py)."""
 
     name = directory = "dedup"
     reads = ("score", "score/part-*.parquet")
@@ -29,9 +29,7 @@ class DedupStep(Step):
     def run(self, ctx: RunContext) -> dict:
         from curate.dedup.dedup import run_dedup
 
-        cfg = ctx.cfg.dedup
-        shuffle = {"buckets": ctx.ray_buckets()} if cfg.lsh_shuffle == "ray" and ctx.ray_buckets else {}
-        return run_dedup(cfg, ctx.run_dir, **shuffle)
+        return run_dedup(ctx.cfg.dedup, ctx.run_dir, ctx.parallel)
 
     def done(self, run_dir: Path) -> bool:
         return (Path(run_dir) / self.directory / "_done.json").exists()

@@ -186,19 +186,6 @@ def test_run_dedup_writes_every_uid_once_and_skips_when_up_to_date(tmp_path):
         run_dedup(_semdedup(keep_score="score_missing"), tmp_path)
 
 
-@pytest.mark.ray
-def test_ray_shuffle_banding_finds_the_same_pairs_as_memory(ray_local):
-    from pipelines.ray_lsh import ray_buckets
-
-    rng = np.random.default_rng(5)
-    words = [f"w{k}" for k in range(60)]
-    base = [" ".join(rng.choice(words, 12)) for _ in range(150)]
-    captions = base + [c.rsplit(" ", 1)[0] + " extra" for c in base[:60]] + base[:20]
-    memory = near_duplicate_captions(captions, 0.7, 64, "word", 1)
-    shuffled = near_duplicate_captions(captions, 0.7, 64, "word", 1, buckets=ray_buckets)
-    assert shuffled == memory and len(memory) >= 60
-
-
 def test_natural_structure_sorts_drops_by_source_and_family(tmp_path):
     """Four source emoji: a, its skin-tone sibling a2 (same base), b; row 'copy' is a planted copy of a."""
     from curate.synthetic.quality import natural_structure
