@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from curate.dedup import VERIFIER_WEIGHTS
 from curate.dedup.image_match import resample, window_weights
 
 CROP_PX = 32
-WEIGHTS = Path(__file__).with_name("copy_verifier.pt")
+WEIGHTS = VERIFIER_WEIGHTS
 BATCH = 2048
 IDENTICAL = 2  # levels: aligned crops this close are the same picture, whatever the network says
 
@@ -96,18 +97,21 @@ def _load(weights: str) -> CopyNet:
 
 
 def fit(a: torch.Tensor, b: torch.Tensor, label: np.ndarray, steps: int = 2000, batch: int = 128,
-        seed: int = 0) -> CopyNet:
-    """Train on aligned crop pairs (label 1 = copy), copies and non-copies drawn half and half; each batch
-    flipped, turned and swapped at random (the same for both crops), which keeps every label."""
+        seed: int = 0, net: CopyNet | None = None, hard: np.ndarray | None = None) -> CopyNet:
+    """Train `net` (a new one by default) on aligned crop pairs (label 1 = copy), copies and non-copies drawn
+    half and half, half of the non-copies from `hard` when given (pairs an earlier round wrongly passed); each
+    batch flipped, turned and swapped at random (the same for both crops), which keeps every label."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = CopyNet()
+    net = net or CopyNet()
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
     copies, others = np.flatnonzero(label == 1), np.flatnonzero(label == 0)
+    hard = others if hard is None or not len(hard) else hard
     net.train()
     for _ in tqdm(range(steps), desc="copy verifier: train", unit="step", mininterval=5):
-        rows = np.concatenate([rng.choice(copies, batch // 2), rng.choice(others, batch // 2)])
+        rows = np.concatenate([rng.choice(copies, batch // 2), rng.choice(others, batch // 4),
+                               rng.choice(hard, batch // 4)])
         x, y = a[rows].float(), b[rows].float()
         if rng.random() < 0.5:
             x, y = x.flip(3), y.flip(3)

@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from curate.dedup.copy_search import copy_candidates
-from curate.dedup.copy_verifier import aligned_crops, fit, save
+from curate.dedup.copy_verifier import aligned_crops, fit, probabilities, save
 from curate.dedup.image_match import align, thumbnail
 from curate.pairs import read_pairs
 from curate.synthetic.copy_edits import EDITS, edit_copy, jpeg_quality
@@ -95,9 +95,9 @@ def labelled_pairs(pictures: np.ndarray, seed: int, copies: int = 2, lookalikes:
             np.concatenate([np.array(kind), np.full(len(near_a), "neighbour")]))
 
 
-def training_pairs(pictures: np.ndarray, seed: int, gate: float = GATE):
+def training_pairs(pictures: np.ndarray, seed: int, copies: int = 2, gate: float = GATE):
     """Aligned crop pairs (a, b) of `labelled_pairs` whose shape correlation comes near `gate`, and their labels."""
-    thumbs, first, second, label, _ = labelled_pairs(pictures, seed)
+    thumbs, first, second, label, _ = labelled_pairs(pictures, seed, copies)
     close, _, mine, other, cuts = align(thumbs, first, second, gate)
     a, b = aligned_crops(thumbs, mine, other, cuts)
     return a, b, label[close]
@@ -117,15 +117,25 @@ def main(argv: list[str] | None = None) -> None:
                         help="COLUMN=V1,V2: leave these rows out of training")
     parser.add_argument("--max-per-dir", type=int, default=8000, help="pictures drawn from each pairs folder")
     parser.add_argument("--scenes", type=int, default=3000, help="rendered scenes added (colour, backgrounds)")
+    parser.add_argument("--copies", type=int, default=2, help="copies made of each picture (the edits in turn)")
     parser.add_argument("--steps", type=int, default=24000)
+    parser.add_argument("--hard-steps", type=int, default=0,
+                        help="then this many more steps with half the non-copies drawn from those the first "
+                             "round passes (probability >= 0.5): hard negatives mined from its own mistakes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="where the weights go")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pictures = load_pictures(args.pairs, dict(args.hold_out), args.max_per_dir, args.scenes, args.seed)
-    a, b, label = training_pairs(pictures, args.seed)
+    a, b, label = training_pairs(pictures, args.seed, args.copies)
     log.info("%d pictures, %d aligned pairs (%d copies)", len(pictures), len(label), int(label.sum()))
-    save(fit(a, b, label, args.steps, seed=args.seed), args.out)
+    net = fit(a, b, label, args.steps, seed=args.seed)
+    if args.hard_steps:
+        others = np.flatnonzero(label == 0)
+        hard = others[probabilities(net, a[others], b[others]) >= 0.5]
+        log.info("%d of %d non-copies pass at 0.5: trained on for %d steps", len(hard), len(others), args.hard_steps)
+        net = fit(a, b, label, args.hard_steps, seed=args.seed + 1, net=net, hard=hard)
+    save(net, args.out)
     log.info("wrote %s", args.out)
 
 

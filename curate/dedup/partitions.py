@@ -23,7 +23,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.dedup.images import image_links
 from curate.dedup.minhash import band_keys, shingles, signatures
 from curate.io import atomic_write_parquet
 from curate.schema import STATUS, UID, Status
@@ -182,6 +181,8 @@ def read_partition(folder: Path, columns: list[str] | None = None) -> pa.Table |
 def image_partition(plan: Plan, partition: int) -> int:
     """Step 3 for one top-level partition: links/ (first, second, similarity) and its rows' cosine to their
     SemDeDup centroid (centroid/); returns the links found."""
+    from curate.dedup.images import image_links  # torch, for the pixel check: only the image tasks load it
+
     table = read_partition(plan.folder("images", partition))
     if table is None:
         return 0

@@ -6,7 +6,6 @@ exactly one first reason (its row status, `holdout`, or the first rule it fails)
 (configs/recipes/<name>.yaml: DataComp's baselines, MetaCLIP's balancing) add ready-made subsets."""
 from __future__ import annotations
 
-import binascii
 import io
 import logging
 import time
@@ -27,8 +26,10 @@ from curate.tier.metadata import MetadataConfig, build_metadata
 from curate.tier.tier_rules import (GROUND_TRUTH, CaptionGroupBest, DedupKeep, GroundTruth, NearestClusters, Rule,
                                     RuleInputs, SubsetConfig, TopFraction, evaluate, recipe_subsets, rule_columns,
                                     rule_files)
+from curate.tier.uids import uid_halves, uid_index
 
 log = logging.getLogger(__name__)
+
 
 class TierError(ValueError):
     """A tier config that cannot run on this run directory; the message says what to change."""
@@ -127,8 +128,8 @@ def _join_dedup(run_dir: Path, uids: pa.ChunkedArray, extra: list[str]) -> dict[
     path = run_dir / "dedup" / "dup.parquet"
     if not path.exists():
         raise TierError(f"dedup_keep and the dedup columns need {path}: add dedup to the run's stages")
-    dup = pq.read_table(path, columns=[UID, "dup_keep", "dup_reason", *extra])
-    rows = pc.index_in(uids, dup.column(UID))  # first occurrence of each uid
+    rows = uid_index(uids, pq.read_table(path, columns=[UID]).column(UID))  # first occurrence of each uid
+    dup = pq.read_table(path, columns=["dup_keep", "dup_reason", *extra])
     keep = dup.column("dup_keep").take(rows)
     reason = pc.binary_join_element_wise(pa.scalar("duplicate_"), dup.column("dup_reason").take(rows), "")
     return {"dup_keep": pc.fill_null(keep, False).to_numpy(zero_copy_only=False),
@@ -139,7 +140,7 @@ def _join_dedup(run_dir: Path, uids: pa.ChunkedArray, extra: list[str]) -> dict[
 def _join_ground_truth(run_dir: Path, uids: pa.ChunkedArray) -> dict[str, pa.ChunkedArray]:
     """gt_noise of the synth pool, in the order of `uids` (rows the pool lacks: null, so they never pass)."""
     pool = pq.read_table(_ground_truth_path(run_dir), columns=[UID, GROUND_TRUTH])
-    return {GROUND_TRUTH: pool.column(GROUND_TRUTH).take(pc.index_in(uids, pool.column(UID)))}
+    return {GROUND_TRUTH: pool.column(GROUND_TRUTH).take(uid_index(uids, pool.column(UID)))}
 
 
 def _ground_truth_path(run_dir: Path) -> Path:
@@ -171,18 +172,6 @@ def _as_numpy(column: pa.ChunkedArray) -> np.ndarray | pa.ChunkedArray:
     return column
 
 
-def uid_halves(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """(n, 2) uint64: each uid's two 16-hex halves, straight from Arrow's buffers (no Python strings)."""
-    arr = uids.combine_chunks() if isinstance(uids, pa.ChunkedArray) else uids
-    if len(arr) == 0:
-        return np.zeros((0, 2), dtype=np.uint64)
-    if arr.null_count or not pc.all(pc.equal(pc.binary_length(arr), 32)).as_py():
-        raise ValueError("uids must be 32 hex characters")
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
-    hex_bytes = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].tobytes()
-    return np.frombuffer(binascii.unhexlify(hex_bytes), dtype=">u8").reshape(-1, 2).astype(np.uint64)
-
-
 def holdout_mask(uids: pa.ChunkedArray, fraction: float, seed: int) -> np.ndarray:
     """A fixed pseudo-random `fraction` of uids, from the uid's own bits mixed with the seed."""
     if fraction <= 0:
@@ -211,7 +200,7 @@ class _Reasons:
 
     def __init__(self, n: int):
         self.names: list[str] = [""]
-        self.codes = np.zeros(n, dtype=np.int32)
+        self.codes = np.zeros(n, dtype=np.int16)
 
     def _code(self, name: str) -> int:
         if name not in self.names:
@@ -225,7 +214,7 @@ class _Reasons:
             self.codes[rows] = self._code(reason)
             return
         encoded = pc.dictionary_encode(reason.take(pa.array(rows))).combine_chunks()
-        codes = np.array([self._code(v) for v in encoded.dictionary.to_pylist()] or [0], dtype=np.int32)
+        codes = np.array([self._code(v) for v in encoded.dictionary.to_pylist()] or [0], dtype=np.int16)
         self.codes[rows] = codes[encoded.indices.to_numpy(zero_copy_only=False)]
 
     def column(self) -> pa.Array:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from curate.schema import CAPTION
 from curate.tier.entries import EntryMatcher, balance, entry_counts, read_entries
 from curate.tier.target_clusters import near_target_rows
+from curate.tier.uids import uid_index
 
 SUBSET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe as a file and directory name
 RECIPE_DIR = Path(str(resources.files("curate") / "recipes"))  # configs/recipes links here (package data)
@@ -277,7 +278,11 @@ def evaluate(rule, inputs: RuleInputs):
         return columns["dup_keep"], columns["dup_drop_reason"], None
     if isinstance(rule, CaptionGroupBest):
         column = rule.column or inputs.score_column
-        rank = caption_group_rank(columns["caption_dup_of"], columns[column], columns["dup_keep"], inputs.uids)
+        key = ("caption_group_rank", column)  # the same for every subset
+        if key not in inputs.cache:
+            inputs.cache[key] = caption_group_rank(columns["caption_dup_of"], columns[column], columns["dup_keep"],
+                                                   inputs.uids)
+        rank = inputs.cache[key]
         return rank < rule.keep, f"not_top_{rule.keep}_{column}_for_its_caption", None
     if isinstance(rule, GroundTruth):
         return (_passes(pc.is_in(columns[GROUND_TRUTH], pa.array(rule.keep, pa.string()))),
@@ -288,8 +293,14 @@ def evaluate(rule, inputs: RuleInputs):
 def caption_group_rank(caption_of: pa.ChunkedArray, score: np.ndarray, kept: np.ndarray,
                        uids: pa.ChunkedArray) -> np.ndarray:
     """Each row's place in its caption group (0 = best): dedup-kept rows first, then by score, highest
-    first; rows without a score rank last (a large number)."""
-    group = pc.dictionary_encode(pc.coalesce(caption_of, uids)).combine_chunks().indices.to_numpy(zero_copy_only=False)
+    first; rows without a score rank last (a large number). A group is named by its head's row in `uids`
+    (sorted), found by the uid's 16 bytes: no string hash of the pool."""
+    group = np.arange(len(uids))
+    named = np.flatnonzero(pc.is_valid(caption_of).to_numpy(zero_copy_only=False))
+    if len(named):
+        head = uid_index(caption_of.take(pa.array(named)), uids)
+        group[named] = np.where(head.is_null().to_numpy(zero_copy_only=False), named,
+                                head.fill_null(0).to_numpy(zero_copy_only=False))
     valid = ~np.isnan(score)
     order = np.lexsort((-np.where(valid, score, -np.inf), ~np.asarray(kept, bool), group))
     sorted_group = group[order]

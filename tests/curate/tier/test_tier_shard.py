@@ -132,8 +132,9 @@ def test_a_shared_caption_keeps_the_row_whose_image_matches_it_best():
     copy scores higher; unscored rows never pass; a caption nobody shares passes."""
     import pyarrow as pa
 
-    uids = pa.chunked_array([pa.array(["a", "b", "c", "d", "e", "f"])])
-    caption_of = pa.chunked_array([pa.array([None, "a", "a", None, "d", None])])
+    a, b, c, d, e, f = (f"{k:032x}" for k in range(6))  # the pool's uids, sorted
+    uids = pa.chunked_array([pa.array([a, b, c, d, e, f])])
+    caption_of = pa.chunked_array([pa.array([None, a, a, None, d, None])])
     score = np.array([0.2, 0.5, 0.9, 0.1, np.nan, 0.0])
     kept = np.array([True, True, False, True, True, True])
     rank = caption_group_rank(caption_of, score, kept, uids)
@@ -254,3 +255,16 @@ def test_open_clip_trainer_and_ours_consume_the_shards(scored_run, tmp_path):
                                       "data": {"shards": str(shard_dir), "workers": 0}})
     summary = train(cfg, tmp_path / "ours")
     assert summary["records"] == manifest["samples"] and summary["samples_seen"] == 32
+
+
+def test_uid_index_finds_the_first_row_of_each_uid_as_index_in_does():
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from curate.tier.uids import uid_index
+
+    rng = np.random.default_rng(0)
+    table = pa.array([f"{v:032x}" for v in rng.integers(0, 50, 200)])  # repeats: the first occurrence counts
+    targets = pa.array([f"{v:032x}" for v in range(60)])  # some absent: null
+    assert uid_index(targets, table).to_pylist() == pc.index_in(targets, table).to_pylist()
+    assert uid_index(targets, pa.array([], pa.string())).null_count == 60
