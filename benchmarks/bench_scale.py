@@ -238,7 +238,7 @@ def main() -> None:
                "growth_rows": large["rows"] / small["rows"], "max_peak_rss_gb": max(r["peak_rss_gb"] for r in results),
                "min_recall": min(r["recall"] for r in results)}
     summary["ratio"] = round(base["wall_s"] / small["semdedup_alone_s"], 3) if base else None
-    emit(summary, args.out, "bench_scale")
+    emit(summary, args.out, "scale")
 
 
 if __name__ == "__main__":

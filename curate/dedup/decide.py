@@ -88,6 +88,8 @@ class Decisions:
         self.image = decide(sha, rows.column("caption_hash").to_pylist(),
                             Links(self.local(near[0]), self.local(near[1]), near[2]), self.order)
         self.caption = self._captions(caption) if caption is not None else None
+        kept_for = self.image.kept_for
+        self.dropped_for = np.bincount(kept_for[kept_for != np.arange(len(self.g))], minlength=len(self.g))
 
     def local(self, g: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.g, g)
@@ -113,11 +115,12 @@ def write_dup(plan: Plan, decisions: Decisions, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with pq.ParquetWriter(tmp, DUP_SCHEMA) as writer:
         for part in sorted((plan.work / "rows").glob("part-*.parquet")):
-            writer.write_table(_dup_part(plan, decisions, pq.read_table(part, columns=["g", UID, "ok"])))
+            writer.write_table(_dup_part(decisions, pq.read_table(part, columns=["g", UID, "ok"])))
     tmp.replace(path)
 
 
-def _dup_part(plan: Plan, d: Decisions, rows: pa.Table) -> pa.Table:
+def _dup_part(d: Decisions, rows: pa.Table) -> pa.Table:
+    """dup.parquet's rows for one score part's rows/ records (g, uid, ok)."""
     g, ok = np.asarray(rows.column("g")), np.asarray(rows.column("ok"))
     n = len(g)
     at = np.searchsorted(d.g, g).clip(0, max(len(d.g) - 1, 0))
@@ -125,12 +128,10 @@ def _dup_part(plan: Plan, d: Decisions, rows: pa.Table) -> pa.Table:
     mine, where = np.flatnonzero(linked), at[linked]
     keep = np.where(ok, True, None).astype(object)
     group, reason, dup_of, sim, linked_to = (np.full(n, None, object) for _ in range(5))
-    kept_for = d.image.kept_for
-    dropped_for = np.bincount(kept_for[kept_for != np.arange(len(d.g))], minlength=len(d.g))
     for k, w in zip(mine.tolist(), where.tolist()):
-        kept = int(kept_for[w])
+        kept = int(d.image.kept_for[w])
         keep[k] = kept == w
-        if kept != w or dropped_for[w]:
+        if kept != w or d.dropped_for[w]:
             group[k] = int(d.g[kept])
         if kept != w:
             reason[k], dup_of[k] = d.image.reason[w], d.uid[kept]
