@@ -157,3 +157,22 @@ def test_ray_and_local_download_give_the_same_uids_and_statuses(small_pool, tmp_
     assert local.equals(ray)
     assert (tmp_path / "local/download/stats.json").read_text().split('"wall_s"')[0] == \
         (tmp_path / "ray/download/stats.json").read_text().split('"wall_s"')[0]
+
+
+def _node_and_square(x: int) -> tuple[str | None, int]:
+    """A global step's task: where it ran (None outside Ray) and its result."""
+    import ray
+
+    from pipelines.ray_options import node_id
+
+    return (node_id() if ray.is_initialized() else None), x * x
+
+
+def test_global_tasks_return_in_order_and_a_store_run_keeps_them_on_the_driver_node(runner):
+    calls = [(_node_and_square, (x,)) for x in range(6)]
+    assert [r[1] for r in runner.parallel(calls, "squares")] == [x * x for x in range(6)]
+    if runner.name == "ray":
+        from pipelines.ray_options import node_id
+
+        runner.copy = object()  # a run on a store: its tasks read the driver's working copy
+        assert {r[0] for r in runner.parallel(calls, "squares")} == {node_id()}
