@@ -27,9 +27,6 @@ from curate.dedup.minhash import band_keys, shingles, signatures
 from curate.io import atomic_write_parquet
 from curate.schema import STATUS, UID, Status
 
-IDENTITY_KINDS = ("image", "caption", "shingles")  # same sha256; same caption hash; same shingle set
-
-
 @dataclass(frozen=True)
 class Plan:
     """What every task of one dedup run knows: its config, the work folder and the partition counts."""
@@ -110,7 +107,8 @@ def _set_key(shingle_set: set[str]) -> str:
 
 def _identity_records(plan: Plan, part: int, taken: pa.Table, g: np.ndarray, sets: list[set[str]]) -> None:
     """(kind, key, g) of every row (`taken`: the part's `ok` rows, numbered `g`) with a key, hashed by key;
-    kinds in IDENTITY_KINDS (an empty shingle set is no key: an empty caption matches nothing)."""
+    kinds `image` (sha256), `caption` (caption hash) and `shingles` (the shingle set; an empty set is no key: an
+    empty caption matches nothing)."""
     cfg = plan.cfg
     columns = {"image": taken.column("sha256").to_pylist() if cfg.exact else [],
                "caption": taken.column("caption_hash").to_pylist() if cfg.captions else [],
