@@ -27,12 +27,12 @@ def _all(plan: Plan, kind: str) -> pa.Table | None:
     return pa.concat_tables(tables) if tables else None
 
 
-def _links(plan: Plan, kinds: tuple[str, ...], extra: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(first, second, similarity) of the identity links of `kinds` (similarity 1) and of the links in the
-    `extra` folder."""
+def _links(plan: Plan, same: pa.Table | None, kinds: tuple[str, ...], extra: str | None,
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first, second, similarity) of the identity links (`same`) of `kinds` (similarity 1) and of the links in
+    the `extra` folder."""
     firsts, seconds, sims = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
-    same = _all(plan, "same") if kinds else None
-    if same is not None:
+    if same is not None and kinds:
         mine = np.isin(same.column("kind").to_numpy(zero_copy_only=False), kinds)
         firsts.append(np.asarray(same.column("first"))[mine]), seconds.append(np.asarray(same.column("second"))[mine])
         sims.append(np.ones(int(mine.sum()), np.float32))
@@ -75,9 +75,10 @@ class Decisions:
     """Per linked row (sorted row numbers `g`): what dup.parquet says of it."""
 
     def __init__(self, plan: Plan):
-        same_image = _links(plan, ("image",), None)  # rows of one sha256: joined inside `decide`
-        near = _links(plan, (), "links")
-        caption = _links(plan, ("caption", "shingles"), "captions") if plan.cfg.captions else None
+        same = _all(plan, "same")
+        same_image = _links(plan, same, ("image",), None)  # rows of one sha256: joined inside `decide`
+        near = _links(plan, same, (), "links")
+        caption = _links(plan, same, ("caption", "shingles"), "captions") if plan.cfg.captions else None
         ends = [np.concatenate(e[:2]) for e in (same_image, near, caption) if e is not None]
         self.g = np.unique(np.concatenate(ends)) if ends else np.zeros(0, np.int64)
         rows = linked_rows(plan, self.g)

@@ -114,12 +114,12 @@ def dedup_parts(cfg: DedupConfig, parts: list[Path], out: Path, work: Path, down
 
     try:
         one = np.zeros((1, 1), np.float32) if top == 1 else None  # one partition: written while preparing
-        sample = max(1, SAMPLE_ROWS // len(parts))
-        prepared = parallel([(prepare_part, (plan, k, p, offsets[k], sample, one)) for k, p in enumerate(parts)],
+        sample = 0 if top == 1 else max(1, SAMPLE_ROWS // len(parts))
+        samples = parallel([(prepare_part, (plan, k, p, offsets[k], sample, one)) for k, p in enumerate(parts)],
                             "dedup: prepare parts")
         phase("prepare")
         if top > 1:
-            centroids = _top_centroids([r["sample"] for r in prepared], top)
+            centroids = _top_centroids(samples, top)
             parallel([(assign_part, (plan, k, p, offsets[k], centroids)) for k, p in enumerate(parts)],
                      "dedup: partition the embeddings")
             phase("partition")

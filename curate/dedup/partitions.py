@@ -68,7 +68,7 @@ def score_columns(plan: Plan) -> list[str]:
 def prepare_part(plan: Plan, part: int, path: Path, offset: int, sample_rows: int,
                  centroids: np.ndarray | None = None) -> dict:
     """Step 1 for one score part: rows/, identity/ and bands/ records (and, given the `centroids`, step 2
-    too); returns its row count and a sample of its usable embeddings (float32, for the k-means)."""
+    too); returns a sample of its usable embeddings (float32, for the k-means)."""
     table = pq.read_table(path, columns=score_columns(plan))
     n = table.num_rows
     g = np.arange(offset, offset + n, dtype=np.int64)
@@ -83,13 +83,14 @@ def prepare_part(plan: Plan, part: int, path: Path, offset: int, sample_rows: in
     cfg = plan.cfg
     sets = ([shingles(c or "", cfg.shingle, cfg.shingle_n) for c in taken.column("caption").to_pylist()]
             if cfg.captions else [])
-    _identity_records(plan, part, taken, g[mine], sets)
-    _band_records(plan, part, taken.column("caption"), g[mine], sets)
+    set_keys = ["\x1f".join(sorted(s)) for s in sets]  # a shingle set as one string ('' when empty)
+    _identity_records(plan, part, taken, g[mine], set_keys)
+    _band_records(plan, part, taken.column("caption"), g[mine], sets, set_keys)
     vectors, usable = _embeddings(path, ok)
     if centroids is not None:
         _write_images(plan, part, path, offset, vectors, usable, centroids)
     pick = np.random.default_rng(part).permutation(len(usable))[:sample_rows]
-    return {"rows": n, "sample": vectors[np.sort(pick)]}
+    return vectors[np.sort(pick)]
 
 
 def _embeddings(path: Path, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,18 +102,14 @@ def _embeddings(path: Path, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return vectors[usable], usable
 
 
-def _set_key(shingle_set: set[str]) -> str:
-    return "\x1f".join(sorted(shingle_set))
-
-
-def _identity_records(plan: Plan, part: int, taken: pa.Table, g: np.ndarray, sets: list[set[str]]) -> None:
+def _identity_records(plan: Plan, part: int, taken: pa.Table, g: np.ndarray, set_keys: list[str]) -> None:
     """(kind, key, g) of every row (`taken`: the part's `ok` rows, numbered `g`) with a key, hashed by key;
     kinds `image` (sha256), `caption` (caption hash) and `shingles` (the shingle set; an empty set is no key: an
     empty caption matches nothing)."""
     cfg = plan.cfg
     columns = {"image": taken.column("sha256").to_pylist() if cfg.exact else [],
                "caption": taken.column("caption_hash").to_pylist() if cfg.captions else [],
-               "shingles": [_set_key(s) for s in sets]}
+               "shingles": set_keys}
     kinds, keys, gs = [], [], []
     for kind, values in columns.items():
         for k, value in enumerate(values):
@@ -123,7 +120,8 @@ def _identity_records(plan: Plan, part: int, taken: pa.Table, g: np.ndarray, set
     _write_partitioned(plan, "identity", part, records, _stable_hash(keys))
 
 
-def _band_records(plan: Plan, part: int, captions: pa.ChunkedArray, g: np.ndarray, sets: list[set[str]]) -> None:
+def _band_records(plan: Plan, part: int, captions: pa.ChunkedArray, g: np.ndarray, sets: list[set[str]],
+                  set_keys: list[str]) -> None:
     """(band key, shingle-set key, g, caption) of every caption with shingles, hashed by band key."""
     mine = np.array([k for k, s in enumerate(sets) if s], np.int64)
     if not len(mine):
@@ -131,8 +129,7 @@ def _band_records(plan: Plan, part: int, captions: pa.ChunkedArray, g: np.ndarra
     usable = [sets[k] for k in mine]
     keys = band_keys(signatures(usable, plan.cfg.num_perm), plan.cfg.caption_threshold)
     bands = keys.shape[1]
-    records = pa.table({"band_key": keys.ravel(), "set_key": np.repeat(_stable_hash([_set_key(s) for s in usable]),
-                                                                       bands),
+    records = pa.table({"band_key": keys.ravel(), "set_key": np.repeat(_stable_hash([set_keys[k] for k in mine]), bands),
                         "g": np.repeat(g[mine], bands), "caption": captions.take(pa.array(np.repeat(mine, bands)))})
     _write_partitioned(plan, "bands", part, records, keys.ravel())
 
