@@ -21,7 +21,6 @@ from curate.dedup import VERIFIER_WEIGHTS
 from curate.dedup.image_match import resample, window_weights
 
 CROP_PX = 32
-WEIGHTS = VERIFIER_WEIGHTS
 BATCH = 2048
 IDENTICAL = 2  # levels: aligned crops this close are the same picture, whatever the network says
 
@@ -74,7 +73,7 @@ def probabilities(net: CopyNet, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 class Verifier:
     """The pixel check's last test: a pair passes when the network's probability reaches `minimum`."""
 
-    def __init__(self, minimum: float, weights: Path = WEIGHTS):
+    def __init__(self, minimum: float, weights: Path = VERIFIER_WEIGHTS):
         self.minimum, self.net = minimum, _load(str(weights))
 
     def accepts(self, thumbs: np.ndarray, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor) -> np.ndarray:

@@ -161,7 +161,8 @@ def run_dedup(cfg: DedupConfig, run_dir: Path, parallel: Callable = run_in_proce
     run_dir = Path(run_dir)
     score_dir, out_dir = run_dir / "score", run_dir / "dedup"
     done_markers = sorted((score_dir / "_done").glob("*.json"))
-    verifier = file_fingerprint(VERIFIER_WEIGHTS) if cfg.image_match_min is not None and cfg.image_verifier_min else None
+    checks_pixels = cfg.image_match_min is not None and cfg.image_verifier_min
+    verifier = file_fingerprint(VERIFIER_WEIGHTS) if checks_pixels else None
     identity = fingerprint(cfg.model_dump(mode="json"), markers_fingerprint(done_markers), verifier)
     done = out_dir / "_done.json"
     if done.exists() and read_json(done).get("identity") == identity and (out_dir / "stats.json").exists():

@@ -13,7 +13,7 @@ from curate.dedup.copy_search import copy_candidates
 from curate.dedup.copy_verifier import Verifier
 from curate.dedup.pictures import Links
 from curate.dedup.image_match import ThumbnailStore, pixel_match
-from curate.dedup.semdedup import near_duplicate_images
+from curate.dedup.semdedup import embedding_matrix, near_duplicate_images
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +22,10 @@ PAIRS_PER_READ = 8192  # candidate pairs whose thumbnails the pixel check holds 
 
 def image_links(table: pa.Table, cfg, download_dir: Path | None, spill_dir: Path | None = None,
                 ) -> tuple[Links, np.ndarray]:
-    """Near-image links among `table`'s rows (every one with an image_embedding; shard and key for the pixel check) under the
-    DedupConfig `cfg`: SemDeDup's pairs and the copy search's, each confirmed pixel for pixel when
-    `image_match_min` is set; and each row's cosine to its k-means centroid."""
-    emb = table.column("image_embedding").combine_chunks()
-    dim = emb.type.list_size
-    vectors = np.asarray(emb.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+    """Near-image links among `table`'s rows (every one with an image_embedding; shard and key for the pixel
+    check) under the DedupConfig `cfg`: SemDeDup's pairs and the copy search's, each confirmed pixel for pixel
+    when `image_match_min` is set; and each row's cosine to its k-means centroid."""
+    vectors = embedding_matrix(table.column("image_embedding"))
     check = None if cfg.image_match_min is None else PixelCheck(table, download_dir, cfg, spill_dir)
     pairs, centroid_sim = near_duplicate_images(vectors, cfg.image_eps, cfg.cluster_size, confirm=check)
     first = np.array([p[0] for p in pairs], np.int64)

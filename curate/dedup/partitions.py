@@ -22,10 +22,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import xxhash
 
 from curate.dedup.minhash import band_keys, shingles, signatures
+from curate.dedup.semdedup import embedding_matrix
 from curate.io import atomic_write_parquet
 from curate.schema import STATUS, UID, Status
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -43,8 +46,6 @@ class Plan:
 
 
 def _stable_hash(values: list) -> np.ndarray:
-    import xxhash
-
     return np.fromiter((xxhash.xxh64_intdigest(v.encode()) for v in values), np.uint64, count=len(values))
 
 
@@ -95,10 +96,8 @@ def prepare_part(plan: Plan, part: int, path: Path, offset: int, sample_rows: in
 
 def _embeddings(path: Path, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(vectors, row numbers in the part) of the `ok` rows with a finite embedding, as float32."""
-    emb = pq.read_table(path, columns=["image_embedding"]).column("image_embedding").combine_chunks()
-    dim = emb.type.list_size
-    vectors = np.asarray(emb.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-    usable = np.flatnonzero(ok & ~np.asarray(emb.is_null()) & np.isfinite(vectors).all(1))
+    vectors = embedding_matrix(pq.read_table(path, columns=["image_embedding"]).column("image_embedding"))
+    usable = np.flatnonzero(ok & np.isfinite(vectors).all(1))
     return vectors[usable], usable
 
 
@@ -129,8 +128,9 @@ def _band_records(plan: Plan, part: int, captions: pa.ChunkedArray, g: np.ndarra
     usable = [sets[k] for k in mine]
     keys = band_keys(signatures(usable, plan.cfg.num_perm), plan.cfg.caption_threshold)
     bands = keys.shape[1]
-    records = pa.table({"band_key": keys.ravel(), "set_key": np.repeat(_stable_hash([set_keys[k] for k in mine]), bands),
-                        "g": np.repeat(g[mine], bands), "caption": captions.take(pa.array(np.repeat(mine, bands)))})
+    set_hash = _stable_hash([set_keys[k] for k in mine])
+    records = pa.table({"band_key": keys.ravel(), "set_key": np.repeat(set_hash, bands), "g": np.repeat(g[mine], bands),
+                        "caption": captions.take(pa.array(np.repeat(mine, bands)))})
     _write_partitioned(plan, "bands", part, records, keys.ravel())
 
 

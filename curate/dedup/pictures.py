@@ -13,10 +13,6 @@ class Links:
     def __init__(self, first: np.ndarray, second: np.ndarray, similarity: np.ndarray):
         self.first, self.second, self.similarity = first, second, similarity
 
-    @classmethod
-    def empty(cls) -> "Links":
-        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
-
     def by_row(self, n: int) -> list[list[tuple[int, float]]]:
         out: list[list[tuple[int, float]]] = [[] for _ in range(n)]
         for i, j, sim in zip(self.first.tolist(), self.second.tolist(), self.similarity.tolist()):

@@ -5,9 +5,20 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 from tqdm import tqdm
 
 BLOCK_ROWS = 1024  # rows of a cluster compared with the whole cluster at once
+
+
+def embedding_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A fixed-size-list column of embeddings as (n, dim) float32, NaN rows where null."""
+    lists = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    dim = lists.type.list_size
+    flat = lists.values.slice(lists.offset * dim, len(lists) * dim).to_numpy(zero_copy_only=False)
+    vectors = np.array(flat, dtype=np.float32).reshape(-1, dim)  # a copy: Arrow's buffer is read-only
+    vectors[np.asarray(lists.is_null())] = np.nan
+    return vectors
 
 
 def kmeans_assign(embeddings: np.ndarray, n_clusters: int, seed: int = 0, iters: int = 20):
