@@ -1,9 +1,9 @@
 """Copy search: near-duplicate image candidates found from the images' own pixels, for when the embedding
 does not keep a copy next to its original (a small or weak scorer). Every row's whole thumbnail, as the pixel
-check's 8 px shape signal, goes into a faiss inner-product index; every row
-then asks with its centred crops (each axis keeping 100%, 90%, 80%) for its `k` nearest rows. A copy whose
-margins were cropped lies next to its original's matching crop. The pairs found are candidates only: the pixel
-check (curate.image_match) decides."""
+check's 8 px shape signal, goes into a faiss inner-product index; every row then asks with 5 x 5 windows of itself
+(each axis whole, 5% or 10% off both sides, or 10% off one side only) for its `k` nearest rows. A copy whose
+margins were cropped, centred or not, lies next to its original's matching window; a padded copy's window is its
+original. The pairs found are candidates only: the pixel check (curate.image_match) decides."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,21 +12,21 @@ from tqdm import tqdm
 
 from curate.dedup.image_match import ThumbnailStore, luma, resample, shape_signal, window_weights
 
-PX, FRACTIONS = 8, (1.0, 0.9, 0.8)
+PX = 8
+CUTS = ((0.0, 0.0), (0.05, 0.05), (0.1, 0.1), (0.0, 0.1), (0.1, 0.0))  # per axis: the share cut off each end
 CHUNK_ROWS = 4096
 FLAT_MAX_ROWS = 20_000  # exact search up to here; above, an IVF index probing NPROBE of ~4 sqrt(n) lists
 NPROBE = 16
 
 
-def _descriptors(store: ThumbnailStore, rows: np.ndarray, fractions: tuple[float, ...] = FRACTIONS) -> np.ndarray:
-    """(len(rows), crops, 64) float32: the pixel check's 8 px shape signal (luminance, so a grayscale or
-    brightened copy finds its original) of every centred crop; with the default fractions crop 0 is the whole."""
-    cuts = [(1 - f) / 2 for f in fractions]
+def _descriptors(store: ThumbnailStore, rows: np.ndarray, cuts: tuple[tuple[float, float], ...] = CUTS) -> np.ndarray:
+    """(len(rows), windows, 64) float32: the pixel check's 8 px shape signal (luminance, so a grayscale or
+    brightened copy finds its original) of every window (`cuts` on each axis); window 0 is the whole."""
     rgb = torch.from_numpy(np.ascontiguousarray(store.get(rows))).float().permute(0, 3, 1, 2)
     lum = resample(luma(rgb, 1), 16)
-    w = window_weights(16, PX, cuts, cuts)
+    w = window_weights(16, PX, [c[0] for c in cuts], [c[1] for c in cuts])
     crops = shape_signal(torch.einsum("kpy,nyx,jqx->nkjpq", w, lum, w))
-    return crops.reshape(len(rows), len(fractions) ** 2, -1).numpy()
+    return crops.reshape(len(rows), len(cuts) ** 2, -1).numpy()
 
 
 def _index(whole: np.ndarray, seed: int):
@@ -47,12 +47,12 @@ def _index(whole: np.ndarray, seed: int):
 
 def copy_candidates(store: ThumbnailStore, n_rows: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (first < second) of row numbers 0..n_rows-1: each row with the k nearest rows to any of its
-    crops. Rows without a decodable image have an all-zero descriptor and are left out."""
+    windows. Rows without a decodable image have an all-zero descriptor and are left out."""
     none = np.zeros(0, np.int64), np.zeros(0, np.int64)
     if n_rows < 2:
         return none
     rows = np.arange(n_rows)
-    whole = np.concatenate([_descriptors(store, rows[lo:lo + CHUNK_ROWS], (1.0,))[:, 0]
+    whole = np.concatenate([_descriptors(store, rows[lo:lo + CHUNK_ROWS], ((0.0, 0.0),))[:, 0]
                             for lo in tqdm(range(0, n_rows, CHUNK_ROWS), desc="copy search: thumbnails",
                                            unit="chunk", mininterval=2, leave=False)])
     usable = np.flatnonzero(np.abs(whole).sum(1) > 0)

@@ -53,8 +53,8 @@ class DedupConfig(BaseModel):
         30.0, gt=0, le=255, description="... and no 4 x 4 cell's mean colour more than this many levels apart "
         "after one brightness factor: a coarse guard beside the verifier; null = off")
     copy_search_k: int = Field(
-        10, ge=0, le=100, description="also propose each row's k nearest images by their own pixels (8 px "
-        "thumbnails, crops included) for the pixel check: finds copies a weak embedding puts far apart; "
+        5, ge=0, le=100, description="also propose each row's k nearest images by their own pixels (8 px "
+        "thumbnails, 25 windows of each row: off-centre crops found too) for the pixel check: finds copies a weak embedding puts far apart; "
         "needs image_match_min; 0 = off")
     cluster_size: int = Field(1000, ge=2, description="k-means clusters = rows / cluster_size")
     keep: Literal["score", "farthest_from_centroid"] = Field("score", description="which member of a group stays")

@@ -36,8 +36,9 @@ def decide(sha: list, caption_hash: list, links: Links, order: np.ndarray) -> De
     """Keep or drop each row, most preferred first. Rows with the same image bytes (or identical embeddings)
     are one picture: its most preferred row stays, the others are `exact_pair` (same bytes and caption),
     `exact_image` (same bytes) or `near_image` copies of it. A picture is dropped as `near_image` only when it
-    has a link of its own to a picture already kept, and names that kept row: a chain A~B~C with A kept and C
-    unlike A keeps C."""
+    has a link of its own to a picture already kept: a chain A~B~C with A kept and C unlike A keeps C. Once every
+    keep is known, a dropped picture names the kept row it has the strongest link to (its original, kept after
+    it was dropped for a lookalike, rather than that lookalike)."""
     n = len(order)
     picture = _picture_ids(sha, links)
     neighbours = links.by_row(n)
@@ -45,23 +46,32 @@ def decide(sha: list, caption_hash: list, links: Links, order: np.ndarray) -> De
     for k in order.tolist():
         members.setdefault(int(picture[k]), []).append(k)
     kept_row: dict[int, int] = {}  # picture -> its kept row, for kept pictures
-    decision = Decision(np.arange(n), [None] * n, np.full(n, np.nan, np.float32), np.full(n, -1))
-    for k in order.tolist():
-        pic = int(picture[k])
-        if members[pic][0] != k:
-            continue  # decided with its picture's first row
-        best = None  # (similarity, kept row, linked row) of the strongest link to a kept picture
+
+    def strongest(pic: int):
+        """(similarity, kept row, linked row) of the picture's strongest link to a kept picture, or None."""
+        best = None
         for row in members[pic]:
             for other, sim in neighbours[row]:
                 kept = kept_row.get(int(picture[other]))
                 if kept is not None and (best is None or sim > best[0]):
                     best = (sim, kept, other)
-        if best is None:
-            kept_row[pic] = k
-            for row in members[pic][1:]:
-                decision.kept_for[row], decision.linked_to[row], decision.similarity[row] = k, k, 1.0
-                decision.reason[row] = _copy_reason(sha, caption_hash, row, k)
-            continue
+        return best
+
+    dropped = []
+    for k in order.tolist():
+        pic = int(picture[k])
+        if members[pic][0] == k:  # a picture is decided with its first row
+            if strongest(pic) is None:
+                kept_row[pic] = k
+            else:
+                dropped.append(pic)
+    decision = Decision(np.arange(n), [None] * n, np.full(n, np.nan, np.float32), np.full(n, -1))
+    for pic, k in kept_row.items():
+        for row in members[pic][1:]:
+            decision.kept_for[row], decision.linked_to[row], decision.similarity[row] = k, k, 1.0
+            decision.reason[row] = _copy_reason(sha, caption_hash, row, k)
+    for pic in dropped:  # named once every keep is known: the kept picture it is most like, not the first met
+        best = strongest(pic)
         for row in members[pic]:
             decision.kept_for[row], decision.linked_to[row], decision.similarity[row] = best[1], best[2], best[0]
             decision.reason[row] = "near_image"

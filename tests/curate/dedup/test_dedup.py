@@ -88,7 +88,7 @@ def test_a_chain_of_links_drops_only_what_resembles_a_kept_picture():
     """A ~ B and B ~ C but A and C unlike: A (best score) stays, B goes as A's duplicate, and C, which only
     resembles the dropped B, stays. Then B scores best: A and C each resemble it directly, and both go."""
     e0, e1 = np.eye(8)[0], np.eye(8)[1]
-    a, b, c = _unit(e0), _unit(e0 + 0.25 * e1), _unit(e0 + 0.5 * e1)  # cos(a,b), cos(b,c) ~0.97; cos(a,c) ~0.89
+    a, b, c = _unit(e0), _unit(e0 + 0.2 * e1), _unit(e0 + 0.55 * e1)  # cos(a,b) 0.98, cos(b,c) 0.95; cos(a,c) 0.88
     rows = [("ok", "a", "picture a", a, 0.9), ("ok", "b", "picture b", b, 0.5), ("ok", "c", "picture c", c, 0.1)]
     dup = find_duplicates(_table(rows), _semdedup(image_eps=0.05), "score_x").to_pylist()
     assert [r["dup_keep"] for r in dup] == [True, False, True]
@@ -97,6 +97,19 @@ def test_a_chain_of_links_drops_only_what_resembles_a_kept_picture():
     dup = find_duplicates(_table(rows), _semdedup(image_eps=0.05), "score_x").to_pylist()
     assert [r["dup_keep"] for r in dup] == [False, True, False]
     assert dup[0]["dup_of"] == dup[2]["dup_of"] == dup[1]["uid"]
+
+
+def test_a_dropped_picture_names_the_kept_picture_it_is_most_like():
+    """X is kept first and the copy, linked to X, is dropped before its original is decided; the original,
+    which resembles only the copy, stays, and the copy then names it (its stronger link), not X."""
+    e0, e1 = np.eye(8)[0], np.eye(8)[1]
+    x, copy, original = _unit(e0), _unit(e0 + 0.3 * e1), _unit(e0 + 0.45 * e1)  # cos 0.958, 0.994; x~original 0.91
+    rows = [("ok", "x", "picture x", x, 0.9), ("ok", "copy", "a copy", copy, 0.5),
+            ("ok", "original", "the original", original, 0.1)]
+    dup = find_duplicates(_table(rows), _semdedup(image_eps=0.05), "score_x").to_pylist()
+    assert [r["dup_keep"] for r in dup] == [True, False, True]
+    assert dup[1]["dup_of"] == dup[2]["uid"] and dup[1]["dup_similarity"] > 0.99
+    assert dup[0]["dup_group"] is None
 
 
 def test_a_shared_caption_on_different_pictures_drops_neither():
