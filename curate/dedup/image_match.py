@@ -5,7 +5,10 @@ grayscale, blurred or watermarked) matches its original once the two are aligned
 frame, the same figure in another skin tone or another flag of the same layout does not.
 
 Each pair is aligned first: a window of one image (each edge moved in by up to 20%, off-centre too) against the
-whole of the other, in both directions, searched on a coarse grid at 8 px and refined twice at 16 px. Then:
+whole of the other, in both directions, searched on a coarse grid at 8 px and refined twice at 16 px. Where the
+images' sizes are known, only windows of the other's shape count (within `ASPECT_TOL`): cropping, padding,
+resizing and turning keep the picture's proportions, while a circle squeezed into an ellipse, or a glyph
+stretched over another's frame, is another picture. Then:
 - shape: the correlation of the aligned luminance, mean removed and edges stressed (each pixel less
   `EDGE_WEIGHT` times its 3 x 3 neighbourhood mean), so grayscale, brightness and a shared background say
   nothing, and a glyph drawn elsewhere in the frame does not overlap its lookalike's outline; it must reach the
@@ -42,6 +45,7 @@ COARSE_SLACK = 0.1  # pairs this far below the shape bar at 8 px are let go with
 REFINE_STEPS = (0.025, 0.0125)  # each window edge moves by these (shares of the axis) around the best, at 16 px
 COLOUR_CELLS = 4  # the colour test's grid: COLOUR_CELLS x COLOUR_CELLS cells
 COLOUR_INSET = 0.05  # the colour test leaves out this share of each side (a pad or crop edge a pixel off)
+ASPECT_TOL = 0.1  # |log| of a window's width/height over the other image's, at most
 BRIGHTNESS = (0.65, 1.55)  # one factor for the whole copy
 GRAY_CHROMA = 6.0  # RMS chroma (levels) under which an image counts as grayscale
 CHUNK_ROWS = 512
@@ -56,6 +60,29 @@ def thumbnail(data: bytes) -> np.ndarray | None:
         return None
 
 
+def log_aspects(table: pa.Table) -> np.ndarray:
+    """log(width / height) of each row's image; NaN (no constraint) where the table has no sizes or a row none."""
+    if "width" not in table.column_names or "height" not in table.column_names:
+        return np.full(table.num_rows, np.nan)
+    width, height = (table.column(c).to_numpy(zero_copy_only=False).astype(float) for c in ("width", "height"))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log(width / height)
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+def _window_log_aspect(cuts: torch.Tensor) -> torch.Tensor:
+    """log of a window's width/height share (cuts: (..., 4) as top, bottom, left, right shares)."""
+    return torch.log(1 - cuts[..., 2] - cuts[..., 3]) - torch.log(1 - cuts[..., 0] - cuts[..., 1])
+
+
+def _misshapen(log_aspect: torch.Tensor | None, mine, other, window: torch.Tensor) -> torch.Tensor:
+    """(pairs, windows): a window of `mine` (its `_window_log_aspect`: (pairs or 1, windows)) whose width/height
+    differs from the whole of `other`'s by more than ASPECT_TOL; never where a size is unknown (NaN)."""
+    if log_aspect is None:
+        return torch.zeros((len(mine), window.shape[1]), dtype=torch.bool)
+    return (log_aspect[mine][:, None] + window - log_aspect[other][:, None]).abs() > ASPECT_TOL  # NaN: False
+
+
 class ThumbnailStore:
     """Thumbnails of a table's rows (uid, shard, key) by row number, read on first use straight from the
     download tars (each tar's header index is built once) and kept on disk (a temporary file in `spill_dir`,
@@ -65,6 +92,7 @@ class ThumbnailStore:
     def __init__(self, table: pa.Table, download_dir: Path, spill_dir: Path | None = None):
         self.download_dir = download_dir
         self.shards, self.keys = table.column("shard").to_pylist(), table.column("key").to_pylist()
+        self.log_aspect = log_aspects(table)
         self.indexes: dict[str, tuple[Path, dict]] = {}
         self.file = tempfile.TemporaryFile(dir=spill_dir)  # a slot per row; gone when the store is
         self.filled = np.zeros(table.num_rows, bool)
@@ -129,11 +157,14 @@ def luma(rgb: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.tensordot(rgb.movedim(dim, -1), torch.tensor(LUMA), dims=1)
 
 
-def _coarse(lum16: torch.Tensor, mine: np.ndarray, other: np.ndarray):
-    """Per pair, the best GRID window (index into GRID x GRID) of `mine` against the whole of `other` at 8 px,
-    and its correlation."""
+def _coarse(lum16: torch.Tensor, mine: np.ndarray, other: np.ndarray, log_aspect: torch.Tensor | None):
+    """Per pair, the best GRID window (index into GRID x GRID) of `mine` against the whole of `other` at 8 px
+    (of the other's shape, where sizes are known), and its correlation."""
     cuts = np.array(GRID)
     w = window_weights(16, 8, cuts[:, 0], cuts[:, 1])
+    grid = torch.from_numpy(cuts).float()
+    windows = torch.cat([grid[:, None].expand(-1, len(grid), 2), grid[None].expand(len(grid), -1, 2)], 2)
+    window_shape = _window_log_aspect(windows.reshape(1, -1, 4))  # window k * len(GRID) + j: GRID[k] x GRID[j]
     whole = shape_signal(resample(lum16, 8))
     best = torch.full((len(mine),), -2.0)
     window = torch.zeros(len(mine), dtype=torch.long)
@@ -148,13 +179,15 @@ def _coarse(lum16: torch.Tensor, mine: np.ndarray, other: np.ndarray):
         for r, row in enumerate(rows.tolist()):
             q = torch.as_tensor(order[bounds[row]:bounds[row + 1]])
             sims = whole[torch.as_tensor(other)[q]] @ crops[r].T
+            sims[_misshapen(log_aspect, torch.full((len(q),), row), torch.as_tensor(other)[q], window_shape)] = -2.0
             best[q], window[q] = sims.max(1)
     return best, window
 
 
-def _refine(lum32: torch.Tensor, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor, step: float):
+def _refine(lum32: torch.Tensor, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor, step: float,
+            log_aspect: torch.Tensor | None):
     """Move each edge of each pair's window (cut top, bottom, left, right) by -step, 0, +step at 16 px; the best
-    window's correlation and cuts."""
+    window's correlation and cuts (of the other's shape, where sizes are known)."""
     n = len(mine)
     steps = torch.tensor([-step, 0.0, step])
     options = [(cuts[:, j:j + 1] + steps).clamp(0, 0.3) for j in range(4)]
@@ -164,9 +197,12 @@ def _refine(lum32: torch.Tensor, mine: torch.Tensor, other: torch.Tensor, cuts: 
     wx = window_weights(32, 16, grid[2].numpy(), grid[3].numpy()).reshape(n, 9, 16, 32)
     crops = torch.einsum("nkpx,njqx->nkjpq", torch.einsum("nkpy,nyx->nkpx", wy, lum32[mine]), wx)
     sims = torch.einsum("nkjd,nd->nkj", shape_signal(crops), shape_signal(resample(lum32[other], 16))).reshape(n, 81)
+    pick = [g.reshape(n, 9) for g in grid]
+    options = torch.stack([pick[0][:, :, None].expand(n, 9, 9), pick[1][:, :, None].expand(n, 9, 9),
+                           pick[2][:, None, :].expand(n, 9, 9), pick[3][:, None, :].expand(n, 9, 9)], -1)
+    sims[_misshapen(log_aspect, mine, other, _window_log_aspect(options.reshape(n, 81, 4)))] = -2.0
     best, k = sims.max(1)
     row, ky, kx = torch.arange(n), k // 9, k % 9
-    pick = [g.reshape(n, 9) for g in grid]
     return best, torch.stack([pick[0][row, ky], pick[1][row, ky], pick[2][row, kx], pick[3][row, kx]], 1)
 
 
@@ -188,16 +224,19 @@ def _colour_gap(rgb32: torch.Tensor, mine: torch.Tensor, other: torch.Tensor, cu
     return (b - factor[:, None, None, None] * a).abs().amax((1, 2, 3))
 
 
-def align(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float):
+def align(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float,
+          log_aspect: np.ndarray | None = None):
     """Each pair (thumbs[first[p]], thumbs[second[p]]) aligned: for the pairs whose coarse correlation comes within
     COARSE_SLACK of `minimum`, their indices, the refined shape correlation, which image's window (`mine`) is
-    matched against the whole of which (`other`), and the window's cuts (top, bottom, left, right shares)."""
+    matched against the whole of which (`other`), and the window's cuts (top, bottom, left, right shares).
+    `log_aspect` (log width/height of each thumbnail's image, NaN unknown) keeps windows to the other's shape."""
     rgb = torch.from_numpy(np.ascontiguousarray(thumbs)).float().permute(0, 3, 1, 2)
     lum32 = luma(resample(rgb, 32), 1)
+    log_aspect = None if log_aspect is None else torch.from_numpy(np.asarray(log_aspect, np.float32))
     lum16 = resample(lum32, 16)
     best, window, flipped = torch.full((len(first),), -2.0), torch.zeros(len(first), dtype=torch.long), None
     for side, (mine, other) in enumerate(((first, second), (second, first))):
-        sim, win = _coarse(lum16, mine, other)
+        sim, win = _coarse(lum16, mine, other, log_aspect)
         better = sim > best
         best, window = torch.where(better, sim, best), torch.where(better, win, window)
         flipped = better if side else torch.zeros_like(better)
@@ -210,16 +249,16 @@ def align(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: fl
     for lo in range(0, len(close), 1024):
         part = slice(lo, lo + 1024)
         for step in REFINE_STEPS:
-            sims[part], cuts[part] = _refine(lum32, mine[part], other[part], cuts[part], step)
+            sims[part], cuts[part] = _refine(lum32, mine[part], other[part], cuts[part], step, log_aspect)
     return close.numpy(), sims, mine, other, cuts
 
 
 def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float,
-                colour_max: float | None, verifier=None) -> np.ndarray:
+                colour_max: float | None, verifier=None, log_aspect: np.ndarray | None = None) -> np.ndarray:
     """Per pair (thumbs[first[p]], thumbs[second[p]]): the aligned shape correlation (1.0 for identical
     pictures; a plain image matches nothing), or -1 where a test fails: the colour test (when `colour_max` is
-    set) or the copy verifier (a curate.dedup.copy_verifier.Verifier, when given)."""
-    close, sims, mine, other, cuts = align(thumbs, first, second, minimum)
+    set) or the copy verifier (a curate.dedup.copy_verifier.Verifier, when given). `log_aspect`: see `align`."""
+    close, sims, mine, other, cuts = align(thumbs, first, second, minimum, log_aspect)
     passed = sims >= minimum  # the cheap tests first; the verifier sees only what passed them
     if colour_max is not None:
         rgb32 = resample(torch.from_numpy(np.ascontiguousarray(thumbs)).float().permute(0, 3, 1, 2), 32)

@@ -61,7 +61,7 @@ class PixelCheck:
             a, b = first[lo:lo + PAIRS_PER_READ], second[lo:lo + PAIRS_PER_READ]
             rows = np.unique(np.concatenate([a, b]))
             match = pixel_match(self.store.get(rows), np.searchsorted(rows, a), np.searchsorted(rows, b),
-                                self.minimum, self.colour_max, self.verifier)
+                                self.minimum, self.colour_max, self.verifier, self.store.log_aspect[rows])
             ok[lo:lo + PAIRS_PER_READ] = match >= self.minimum
         self.candidates, self.confirmed = self.candidates + len(first), self.confirmed + int(ok.sum())
         return ok

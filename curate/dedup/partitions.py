@@ -160,9 +160,11 @@ def _write_images(plan: Plan, part: int, path: Path, offset: int, vectors: np.nd
         target = np.r_[target, nearest[also, 1].astype(np.uint64)]
     table = pa.table({"g": usable + offset, "image_embedding": pa.FixedSizeListArray.from_arrays(
         pa.array(vectors.reshape(-1)), vectors.shape[1])})
-    if plan.image_keys:
-        keys = pq.read_table(path, columns=["shard", "key"]).take(pa.array(usable))
-        table = table.append_column("shard", keys.column("shard")).append_column("key", keys.column("key"))
+    if plan.image_keys:  # and each image's size where the part has it: the pixel check keeps a copy's shape
+        sizes = [c for c in ("width", "height") if c in pq.read_schema(path).names]
+        keys = pq.read_table(path, columns=["shard", "key", *sizes]).take(pa.array(usable))
+        for column in keys.column_names:
+            table = table.append_column(column, keys.column(column))
     _write_partitioned(replace(plan, hash_partitions=len(centroids)), "images", part, table, target)
 
 

@@ -279,6 +279,24 @@ def test_pixel_match_tells_a_recoloured_drawing_from_a_copy():
     assert thumbnail(b"not an image") is None
 
 
+def test_pixel_match_keeps_a_copy_to_its_original_shape():
+    """A disc cropped at the sides and an ellipse drawn square have the same thumbnail (thumbnails are squashed
+    square). Given the images' sizes, the crop (48 x 64) matches the disc and the ellipse (64 x 64) does not."""
+    from PIL import ImageDraw
+
+    from curate.dedup.image_match import pixel_match, thumbnail
+    from curate.synthetic.scenes import encode
+
+    disc = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(disc).ellipse((12, 12, 52, 52), fill=(30, 30, 30))
+    squeezed = disc.crop((8, 0, 56, 64))  # the crop; resized to 64 x 64 it is the ellipse
+    thumbs = np.stack([thumbnail(encode(disc)), thumbnail(encode(squeezed.resize((64, 64))))])
+    pair = np.array([0]), np.array([1])
+    assert pixel_match(thumbs, *pair, 0.9, None)[0] >= 0.9  # sizes unknown: they cannot be told apart
+    assert pixel_match(thumbs, *pair, 0.9, None, log_aspect=np.log([1.0, 48 / 64]))[0] >= 0.9  # the crop
+    assert pixel_match(thumbs, *pair, 0.9, None, log_aspect=np.log([1.0, 1.0]))[0] < 0.9  # the ellipse
+
+
 def _table_with_images(root, payloads: list[bytes], embeddings: list) -> pa.Table:
     """A score table over `payloads` written to one download tar under root (row k: key k, score 0.5 - k / 10)."""
     import io
