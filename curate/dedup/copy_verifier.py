@@ -70,8 +70,17 @@ def probabilities(net: CopyNet, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
+def dihedral_probabilities(net: CopyNet, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """`probabilities` averaged over the pair's eight flips and quarter turns (the network learnt each; one view's
+    quirk, a lookalike that passes as it lies, counts an eighth)."""
+    views = [probabilities(net, *(x.rot90(turns, (2, 3)).flip(3) if flip else x.rot90(turns, (2, 3)) for x in (a, b)))
+             for turns in range(4) for flip in (False, True)]
+    return np.mean(views, axis=0) if len(a) else np.zeros(0, np.float32)
+
+
 class Verifier:
-    """The pixel check's last test: a pair passes when the network's probability reaches `minimum`."""
+    """The pixel check's last test: a pair passes when the network's probability, averaged over the pair's eight
+    flips and turns, reaches `minimum`."""
 
     def __init__(self, minimum: float, weights: Path = VERIFIER_WEIGHTS):
         self.minimum, self.net = minimum, _load(str(weights))
@@ -80,7 +89,7 @@ class Verifier:
         """Per pair: a copy by the network, or the same pixels (within IDENTICAL levels) once aligned."""
         a, b = aligned_crops(thumbs, mine, other, cuts)
         identical = ((a.float() - b.float()).abs().amax((1, 2, 3)) <= IDENTICAL / 255).numpy()
-        return identical | (probabilities(self.net, a, b) >= self.minimum)
+        return identical | (dihedral_probabilities(self.net, a, b) >= self.minimum)
 
 
 @lru_cache(maxsize=2)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from curate.dedup.copy_verifier import CopyNet, Verifier, fit, probabilities, save
+from curate.dedup.copy_verifier import CopyNet, Verifier, dihedral_probabilities, fit, probabilities, save
 from curate.dedup.copy_verifier_fit import labelled_pairs, training_pairs
 from curate.synthetic.lookalikes import KINDS, lookalike
 from curate.synthetic.scenes import random_scene, render
@@ -45,6 +45,10 @@ def test_a_trained_verifier_saves_and_loads_the_same_answers(tmp_path):
     loaded = Verifier(0.5, tmp_path / "w.pt").net
     assert np.allclose(probabilities(net, a, b), probabilities(loaded, a, b), atol=1e-6)
     assert np.allclose(probabilities(net, a, b), probabilities(net, b, a), atol=1e-5)  # symmetric
+    views = dihedral_probabilities(net, a, b)  # the mean over flips and turns: the same for a turned pair
+    assert np.allclose(views, dihedral_probabilities(net, a.rot90(1, (2, 3)).flip(2), b.rot90(1, (2, 3)).flip(2)),
+                       atol=1e-5)
+    assert not np.allclose(views, probabilities(net, a, b), atol=1e-5)
 
 
 def test_missing_weights_name_the_way_out(tmp_path):
