@@ -54,8 +54,8 @@ class DedupConfig(BaseModel):
         "after one brightness factor: a coarse guard beside the verifier; null = off")
     copy_search_k: int = Field(
         5, ge=0, le=100, description="also propose each row's k nearest images by their own pixels (8 px "
-        "thumbnails, 25 windows of each row: off-centre crops found too) for the pixel check: finds copies a weak embedding puts far apart; "
-        "needs image_match_min; 0 = off")
+        "thumbnails, 25 windows of each row: off-centre crops found too) for the pixel check: finds copies a "
+        "weak embedding puts far apart; needs image_match_min; 0 = off")
     cluster_size: int = Field(1000, ge=2, description="k-means clusters = rows / cluster_size")
     keep: Literal["score", "farthest_from_centroid"] = Field("score", description="which member of a group stays")
     keep_score: str | None = Field(None, description="score column for keep=score; default the first score_*")

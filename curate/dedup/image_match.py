@@ -198,9 +198,9 @@ def _refine(lum32: torch.Tensor, mine: torch.Tensor, other: torch.Tensor, cuts: 
     crops = torch.einsum("nkpx,njqx->nkjpq", torch.einsum("nkpy,nyx->nkpx", wy, lum32[mine]), wx)
     sims = torch.einsum("nkjd,nd->nkj", shape_signal(crops), shape_signal(resample(lum32[other], 16))).reshape(n, 81)
     pick = [g.reshape(n, 9) for g in grid]
-    options = torch.stack([pick[0][:, :, None].expand(n, 9, 9), pick[1][:, :, None].expand(n, 9, 9),
+    windows = torch.stack([pick[0][:, :, None].expand(n, 9, 9), pick[1][:, :, None].expand(n, 9, 9),
                            pick[2][:, None, :].expand(n, 9, 9), pick[3][:, None, :].expand(n, 9, 9)], -1)
-    sims[_misshapen(log_aspect, mine, other, _window_log_aspect(options.reshape(n, 81, 4)))] = -2.0
+    sims[_misshapen(log_aspect, mine, other, _window_log_aspect(windows.reshape(n, 81, 4)))] = -2.0
     best, k = sims.max(1)
     row, ky, kx = torch.arange(n), k // 9, k % 9
     return best, torch.stack([pick[0][row, ky], pick[1][row, ky], pick[2][row, kx], pick[3][row, kx]], 1)

@@ -103,7 +103,7 @@ def test_a_dropped_picture_names_the_kept_picture_it_is_most_like():
     """X is kept first and the copy, linked to X, is dropped before its original is decided; the original,
     which resembles only the copy, stays, and the copy then names it (its stronger link), not X."""
     e0, e1 = np.eye(8)[0], np.eye(8)[1]
-    x, copy, original = _unit(e0), _unit(e0 + 0.3 * e1), _unit(e0 + 0.45 * e1)  # cos 0.958, 0.994; x~original 0.91
+    x, copy, original = _unit(e0), _unit(e0 + 0.3 * e1), _unit(e0 + 0.45 * e1)  # cos 0.958, 0.991; x~original 0.91
     rows = [("ok", "x", "picture x", x, 0.9), ("ok", "copy", "a copy", copy, 0.5),
             ("ok", "original", "the original", original, 0.1)]
     dup = find_duplicates(_table(rows), _semdedup(image_eps=0.05), "score_x").to_pylist()
