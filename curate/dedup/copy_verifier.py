@@ -48,19 +48,18 @@ class CopyNet(nn.Module):
 def aligned_crops(thumbs: np.ndarray, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor):
     """(n, 3, 32, 32) float16 crops in [0, 1]: `mine`'s window (cuts: top, bottom, left, right shares) and the
     whole of `other`, from (rows, s, s, 3) uint8 thumbnails."""
-    rows = torch.unique(torch.cat([mine, other]))  # only the rows these pairs use, as floats
-    rgb = torch.from_numpy(np.ascontiguousarray(thumbs[rows.numpy()])).float().permute(0, 3, 1, 2) / 255
-    mine, other = torch.searchsorted(rows, mine), torch.searchsorted(rows, other)
-    size = rgb.shape[-1]
-    a, b = [], []
+    a = torch.empty((len(mine), 3, CROP_PX, CROP_PX), dtype=torch.float16)  # filled in place: no second copy
+    b = torch.empty_like(a)
     for lo in range(0, len(mine), BATCH):
         part = slice(lo, lo + BATCH)
-        wy = window_weights(size, CROP_PX, cuts[part, 0].numpy(), cuts[part, 1].numpy())
-        wx = window_weights(size, CROP_PX, cuts[part, 2].numpy(), cuts[part, 3].numpy())
-        a.append(torch.einsum("npy,ncyx,nqx->ncpq", wy, rgb[mine[part]], wx).half())
-        b.append(resample(rgb[other[part]], CROP_PX).half())
-    empty = torch.zeros((0, 3, CROP_PX, CROP_PX), dtype=torch.float16)
-    return (torch.cat(a), torch.cat(b)) if a else (empty, empty)
+        rows = torch.unique(torch.cat([mine[part], other[part]]))  # only the rows these pairs use, as floats
+        rgb = torch.from_numpy(np.ascontiguousarray(thumbs[rows.numpy()])).float().permute(0, 3, 1, 2) / 255
+        first, second = torch.searchsorted(rows, mine[part]), torch.searchsorted(rows, other[part])
+        wy = window_weights(rgb.shape[-1], CROP_PX, cuts[part, 0].numpy(), cuts[part, 1].numpy())
+        wx = window_weights(rgb.shape[-1], CROP_PX, cuts[part, 2].numpy(), cuts[part, 3].numpy())
+        a[part] = torch.einsum("npy,ncyx,nqx->ncpq", wy, rgb[first], wx).half()
+        b[part] = resample(rgb[second], CROP_PX).half()
+    return a, b
 
 
 @torch.no_grad()

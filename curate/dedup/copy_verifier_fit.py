@@ -95,9 +95,9 @@ def labelled_pairs(pictures: np.ndarray, seed: int, copies: int = 2, lookalikes:
             np.concatenate([np.array(kind), np.full(len(near_a), "neighbour")]))
 
 
-def training_pairs(pictures: np.ndarray, seed: int, copies: int = 2, gate: float = GATE):
+def training_pairs(pictures: np.ndarray, seed: int, copies: int = 2, gate: float = GATE, neighbours: int = 10):
     """Aligned crop pairs (a, b) of `labelled_pairs` whose shape correlation comes near `gate`, and their labels."""
-    thumbs, first, second, label, _ = labelled_pairs(pictures, seed, copies)
+    thumbs, first, second, label, _ = labelled_pairs(pictures, seed, copies, neighbours=neighbours)
     close, _, mine, other, cuts = align(thumbs, first, second, gate)
     a, b = aligned_crops(thumbs, mine, other, cuts)
     return a, b, label[close]
@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-per-dir", type=int, default=8000, help="pictures drawn from each pairs folder")
     parser.add_argument("--scenes", type=int, default=3000, help="rendered scenes added (colour, backgrounds)")
     parser.add_argument("--copies", type=int, default=2, help="copies made of each picture (the edits in turn)")
+    parser.add_argument("--neighbours", type=int, default=6,
+                        help="each picture's nearest other pictures by the copy search (k) taken as non-copies")
     parser.add_argument("--steps", type=int, default=24000)
     parser.add_argument("--hard-steps", type=int, default=0,
                         help="then this many more steps with half the non-copies drawn from those the first "
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pictures = load_pictures(args.pairs, dict(args.hold_out), args.max_per_dir, args.scenes, args.seed)
-    a, b, label = training_pairs(pictures, args.seed, args.copies)
+    a, b, label = training_pairs(pictures, args.seed, args.copies, neighbours=args.neighbours)
     log.info("%d pictures, %d aligned pairs (%d copies)", len(pictures), len(label), int(label.sum()))
     net = fit(a, b, label, args.steps, seed=args.seed)
     if args.hard_steps:
