@@ -13,7 +13,8 @@ from tqdm import tqdm
 from curate.dedup.image_match import ThumbnailStore, luma, resample, shape_signal, window_weights
 
 PX = 8
-CUTS = ((0.0, 0.0), (0.05, 0.05), (0.1, 0.1), (0.0, 0.1), (0.1, 0.0))  # per axis: the share cut off each end
+CENTRED = ((0.0, 0.0), (0.05, 0.05), (0.1, 0.1))  # per axis: the share cut off each end
+CUTS = CENTRED + ((0.0, 0.1), (0.1, 0.0))  # and off-centre: 10% off one end
 CHUNK_ROWS = 4096
 FLAT_MAX_ROWS = 20_000  # exact search up to here; above, an IVF index probing NPROBE of ~4 sqrt(n) lists
 NPROBE = 16
@@ -45,9 +46,10 @@ def _index(whole: np.ndarray, seed: int):
     return index
 
 
-def copy_candidates(store: ThumbnailStore, n_rows: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def copy_candidates(store: ThumbnailStore, n_rows: int, k: int, seed: int = 0,
+                    cuts: tuple[tuple[float, float], ...] = CUTS) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (first < second) of row numbers 0..n_rows-1: each row with the k nearest rows to any of its
-    windows. Rows without a decodable image have an all-zero descriptor and are left out."""
+    windows (`cuts` on each axis). Rows without a decodable image have an all-zero descriptor and are left out."""
     none = np.zeros(0, np.int64), np.zeros(0, np.int64)
     if n_rows < 2:
         return none
@@ -62,7 +64,7 @@ def copy_candidates(store: ThumbnailStore, n_rows: int, k: int, seed: int = 0) -
     found = []
     for lo in range(0, len(usable), CHUNK_ROWS):
         mine = usable[lo:lo + CHUNK_ROWS]
-        crops = _descriptors(store, mine)
+        crops = _descriptors(store, mine, cuts)
         _, hits = index.search(np.ascontiguousarray(crops.reshape(-1, crops.shape[2])), min(k + 1, len(usable)))
         first = np.repeat(mine, crops.shape[1] * hits.shape[1])
         second = np.where(hits >= 0, usable[hits.clip(0)], -1).reshape(-1)

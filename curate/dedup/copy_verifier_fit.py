@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from curate.dedup.copy_search import copy_candidates
+from curate.dedup.copy_search import CENTRED, copy_candidates
 from curate.dedup.copy_verifier import aligned_crops, fit, probabilities, save
 from curate.dedup.image_match import align, thumbnail
 from curate.pairs import read_pairs
@@ -88,7 +88,7 @@ def labelled_pairs(pictures: np.ndarray, seed: int, copies: int = 2, lookalikes:
             changed, change = lookalike(img, Image.fromarray(pictures[rng.integers(n)]), rng)
             extra.append(thumbnail(encode(changed, quality=int(rng.integers(70, 90)))))
             first.append(i), kind.append(change), label.append(0)
-    near_a, near_b = copy_candidates(ArrayStore(pictures), n, neighbours, seed)
+    near_a, near_b = copy_candidates(ArrayStore(pictures), n, neighbours, seed, cuts=CENTRED)
     return (np.concatenate([pictures, np.stack(extra)]), np.concatenate([np.array(first), near_a]),
             np.concatenate([n + np.arange(len(extra)), near_b]),
             np.concatenate([np.array(label), np.zeros(len(near_a), int)]),
@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-per-dir", type=int, default=8000, help="pictures drawn from each pairs folder")
     parser.add_argument("--scenes", type=int, default=3000, help="rendered scenes added (colour, backgrounds)")
     parser.add_argument("--copies", type=int, default=2, help="copies made of each picture (the edits in turn)")
-    parser.add_argument("--neighbours", type=int, default=6,
-                        help="each picture's nearest other pictures by the copy search (k) taken as non-copies")
+    parser.add_argument("--neighbours", type=int, default=10,
+                        help="each picture's nearest other pictures (centred windows of the copy search, k) taken "
+                             "as non-copies")
     parser.add_argument("--steps", type=int, default=24000)
     parser.add_argument("--hard-steps", type=int, default=0,
                         help="then this many more steps with half the non-copies drawn from those the first "
