@@ -74,7 +74,7 @@ def dihedral_probabilities(net: CopyNet, a: torch.Tensor, b: torch.Tensor) -> np
     quirk, a lookalike that passes as it lies, counts an eighth)."""
     views = [probabilities(net, *(x.rot90(turns, (2, 3)).flip(3) if flip else x.rot90(turns, (2, 3)) for x in (a, b)))
              for turns in range(4) for flip in (False, True)]
-    return np.mean(views, axis=0) if len(a) else np.zeros(0, np.float32)
+    return np.mean(views, axis=0)
 
 
 class Verifier:

@@ -200,10 +200,10 @@ def _refine(lum32: torch.Tensor, mine: torch.Tensor, other: torch.Tensor, cuts: 
     pick = [g.reshape(n, 9) for g in grid]
     windows = torch.stack([pick[0][:, :, None].expand(n, 9, 9), pick[1][:, :, None].expand(n, 9, 9),
                            pick[2][:, None, :].expand(n, 9, 9), pick[3][:, None, :].expand(n, 9, 9)], -1)
-    sims[_misshapen(log_aspect, mine, other, _window_log_aspect(windows.reshape(n, 81, 4)))] = -2.0
+    windows = windows.reshape(n, 81, 4)  # option k: top and bottom from option k // 9, left and right from k % 9
+    sims[_misshapen(log_aspect, mine, other, _window_log_aspect(windows))] = -2.0
     best, k = sims.max(1)
-    row, ky, kx = torch.arange(n), k // 9, k % 9
-    return best, torch.stack([pick[0][row, ky], pick[1][row, ky], pick[2][row, kx], pick[3][row, kx]], 1)
+    return best, windows[torch.arange(n), k]
 
 
 def _colour_gap(rgb32: torch.Tensor, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor) -> torch.Tensor:
