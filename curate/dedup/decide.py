@@ -28,23 +28,27 @@ def _all(plan: Plan, kind: str) -> pa.Table | None:
 
 
 def _links(plan: Plan, same: pa.Table | None, kinds: tuple[str, ...], extra: str | None,
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(first, second, similarity) of the identity links (`same`) of `kinds` (similarity 1) and of the links in
-    the `extra` folder."""
-    firsts, seconds, sims = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(first, second, similarity, strength) of the identity links (`same`) of `kinds` (both 1) and of the links
+    in the `extra` folder (strength: their similarity where they have none)."""
+    firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    sims, strengths = [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
     if same is not None and kinds:
         mine = np.isin(same.column("kind").to_numpy(zero_copy_only=False), kinds)
         firsts.append(np.asarray(same.column("first"))[mine]), seconds.append(np.asarray(same.column("second"))[mine])
-        sims.append(np.ones(int(mine.sum()), np.float32))
+        sims.append(np.ones(int(mine.sum()), np.float32)), strengths.append(np.ones(int(mine.sum()), np.float32))
     found = _all(plan, extra) if extra else None
     if found is not None:
         firsts.append(np.asarray(found.column("first"))), seconds.append(np.asarray(found.column("second")))
-        sims.append(np.asarray(found.column("similarity"), np.float32) if "similarity" in found.column_names
-                    else np.ones(found.num_rows, np.float32))
-    first, second, sim = np.concatenate(firsts), np.concatenate(seconds), np.concatenate(sims)
+        sim = (np.asarray(found.column("similarity"), np.float32) if "similarity" in found.column_names
+               else np.ones(found.num_rows, np.float32))
+        sims.append(sim)
+        strengths.append(np.asarray(found.column("strength"), np.float32) if "strength" in found.column_names
+                         else sim)
+    first, second = np.concatenate(firsts), np.concatenate(seconds)
     _, once = np.unique(np.stack([first, second], 1), axis=0, return_index=True)  # found in two partitions
     once = np.sort(once)
-    return first[once], second[once], sim[once]
+    return first[once], second[once], np.concatenate(sims)[once], np.concatenate(strengths)[once]
 
 
 def linked_rows(plan: Plan, gs: np.ndarray) -> pa.Table:
@@ -87,7 +91,7 @@ class Decisions:
         self.order = np.lexsort((np.array(self.uid), -preference))  # most preferred first, ties by uid
         sha = rows.column("sha256").to_pylist() if plan.cfg.exact else [None] * len(self.g)
         self.image = decide(sha, rows.column("caption_hash").to_pylist(),
-                            Links(self.local(near[0]), self.local(near[1]), near[2]), self.order)
+                            Links(self.local(near[0]), self.local(near[1]), near[2], near[3]), self.order)
         self.caption = self._captions(caption) if caption is not None else None
         kept_for = self.image.kept_for
         self.dropped_for = np.bincount(kept_for[kept_for != np.arange(len(self.g))], minlength=len(self.g))
@@ -97,7 +101,7 @@ class Decisions:
 
     def _captions(self, links) -> tuple[np.ndarray, np.ndarray]:
         """(size of each linked row's caption group, the group's most preferred row), local numbers."""
-        first, second, _ = links
+        first, second = links[:2]
         n = len(self.g)
         parent = np.arange(n)
         for i, j in zip(self.local(first).tolist(), self.local(second).tolist()):

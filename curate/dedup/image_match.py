@@ -228,7 +228,9 @@ def align(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: fl
           log_aspect: np.ndarray | None = None):
     """Each pair (thumbs[first[p]], thumbs[second[p]]) aligned: for the pairs whose coarse correlation comes within
     COARSE_SLACK of `minimum`, their indices, the refined shape correlation, which image's window (`mine`) is
-    matched against the whole of which (`other`), and the window's cuts (top, bottom, left, right shares).
+    matched against the whole of which (`other`), and the window's cuts (top, bottom, left, right shares). The
+    direction is the one of higher coarse correlation; a tie (both windows whole, often) goes to `first`'s window,
+    so there the pair's order can change the verdict (ways to make it symmetric measured worse: BENCHMARKS.md).
     `log_aspect` (log width/height of each thumbnail's image, NaN unknown) keeps windows to the other's shape."""
     rgb = torch.from_numpy(np.ascontiguousarray(thumbs)).float().permute(0, 3, 1, 2)
     lum32 = luma(resample(rgb, 32), 1)

@@ -31,8 +31,9 @@ def image_links(table: pa.Table, cfg, download_dir: Path | None, spill_dir: Path
     first = np.array([p[0] for p in pairs], np.int64)
     second = np.array([p[1] for p in pairs], np.int64)
     similarity = np.array([p[2] for p in pairs], np.float32)
-    if check is not None:
-        log.info("dedup: %d of %d near-image candidate pairs match pixel for pixel", check.confirmed, check.candidates)
+    if check is None:
+        return Links(first, second, similarity), centroid_sim
+    log.info("dedup: %d of %d near-image candidate pairs match pixel for pixel", check.confirmed, check.candidates)
     if cfg.copy_search_k:
         a, b = copy_candidates(check.store, table.num_rows, cfg.copy_search_k)
         confirmed = check(a, b)  # in one call: each row's crops are computed once per pass
@@ -40,7 +41,8 @@ def image_links(table: pa.Table, cfg, download_dir: Path | None, spill_dir: Path
         a, b = a[confirmed], b[confirmed]
         first, second = np.concatenate([first, a]), np.concatenate([second, b])
         similarity = np.concatenate([similarity, np.einsum("ij,ij->i", vectors[a], vectors[b]).astype(np.float32)])
-    return Links(first, second, similarity), centroid_sim
+    strength = np.array([check.matches[(i, j)] for i, j in zip(first.tolist(), second.tolist())], np.float32)
+    return Links(first, second, similarity, strength), centroid_sim
 
 
 class PixelCheck:
@@ -54,6 +56,7 @@ class PixelCheck:
         self.colour_max = cfg.image_colour_max
         self.verifier = None if cfg.image_verifier_min is None else Verifier(cfg.image_verifier_min)
         self.candidates = self.confirmed = 0
+        self.matches: dict[tuple[int, int], float] = {}  # confirmed pair -> its aligned shape correlation
 
     def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         ok = np.zeros(len(first), bool)
@@ -63,5 +66,7 @@ class PixelCheck:
             match = pixel_match(self.store.get(rows), np.searchsorted(rows, a), np.searchsorted(rows, b),
                                 self.minimum, self.colour_max, self.verifier, self.store.log_aspect[rows])
             ok[lo:lo + PAIRS_PER_READ] = match >= self.minimum
+            self.matches.update(zip(zip(a[match >= self.minimum].tolist(), b[match >= self.minimum].tolist()),
+                                    match[match >= self.minimum].tolist()))
         self.candidates, self.confirmed = self.candidates + len(first), self.confirmed + int(ok.sum())
         return ok

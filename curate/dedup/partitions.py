@@ -189,7 +189,8 @@ def image_partition(plan: Plan, partition: int) -> int:
     spill.mkdir(parents=True, exist_ok=True)
     links, centroid_sim = image_links(table, plan.cfg, plan.download_dir, spill)
     atomic_write_parquet(plan.folder("links", partition) / "links.parquet", pa.table(
-        {"first": g[links.first], "second": g[links.second], "similarity": links.similarity}))
+        {"first": g[links.first], "second": g[links.second], "similarity": links.similarity,
+         "strength": links.strength}))
     atomic_write_parquet(plan.folder("centroid", partition) / "centroid.parquet",
                          pa.table({"g": g, "centroid_sim": centroid_sim}))
     return len(links.first)

@@ -8,16 +8,20 @@ import numpy as np
 
 
 class Links:
-    """Confirmed near-image links between row numbers, with their similarity."""
+    """Confirmed near-image links between row numbers, with their similarity (the embeddings' cosine, 1 for
+    identical ones) and their strength (how alike the pixel check found the two; the similarity without it)."""
 
-    def __init__(self, first: np.ndarray, second: np.ndarray, similarity: np.ndarray):
+    def __init__(self, first: np.ndarray, second: np.ndarray, similarity: np.ndarray,
+                 strength: np.ndarray | None = None):
         self.first, self.second, self.similarity = first, second, similarity
+        self.strength = similarity if strength is None else strength
 
-    def by_row(self, n: int) -> list[list[tuple[int, float]]]:
-        out: list[list[tuple[int, float]]] = [[] for _ in range(n)]
-        for i, j, sim in zip(self.first.tolist(), self.second.tolist(), self.similarity.tolist()):
-            out[i].append((j, sim))
-            out[j].append((i, sim))
+    def by_row(self, n: int) -> list[list[tuple[int, float, float]]]:
+        out: list[list[tuple[int, float, float]]] = [[] for _ in range(n)]
+        for i, j, sim, strength in zip(self.first.tolist(), self.second.tolist(), self.similarity.tolist(),
+                                       self.strength.tolist()):
+            out[i].append((j, sim, strength))
+            out[j].append((i, sim, strength))
         return out
 
 
@@ -48,13 +52,13 @@ def decide(sha: list, caption_hash: list, links: Links, order: np.ndarray) -> De
     kept_row: dict[int, int] = {}  # picture -> its kept row, for kept pictures
 
     def strongest(pic: int):
-        """(similarity, kept row, linked row) of the picture's strongest link to a kept picture, or None."""
+        """(strength, similarity, kept row, linked row) of the picture's strongest link to a kept picture, or None."""
         best = None
         for row in members[pic]:
-            for other, sim in neighbours[row]:
+            for other, sim, strength in neighbours[row]:
                 kept = kept_row.get(int(picture[other]))
-                if kept is not None and (best is None or sim > best[0]):
-                    best = (sim, kept, other)
+                if kept is not None and (best is None or strength > best[0]):
+                    best = (strength, sim, kept, other)
         return best
 
     dropped = []
@@ -73,7 +77,7 @@ def decide(sha: list, caption_hash: list, links: Links, order: np.ndarray) -> De
     for pic in dropped:  # named once every keep is known: the kept picture it is most like, not the first met
         best = strongest(pic)
         for row in members[pic]:
-            decision.kept_for[row], decision.linked_to[row], decision.similarity[row] = best[1], best[2], best[0]
+            decision.kept_for[row], decision.linked_to[row], decision.similarity[row] = best[2], best[3], best[1]
             decision.reason[row] = "near_image"
     return decision
 

@@ -112,6 +112,19 @@ def test_a_dropped_picture_names_the_kept_picture_it_is_most_like():
     assert dup[0]["dup_group"] is None
 
 
+def test_a_dropped_copy_names_the_kept_picture_its_pixels_match_best():
+    """A grayscale copy (row 2) of an original (0) whose embedding lies nearer the original's skin-tone sibling (1):
+    with the pixel check's strengths on the links it names the original; by the embeddings' cosine alone, the sibling."""
+    from curate.dedup.pictures import Links, decide
+
+    first, second, cosine = np.array([0, 1]), np.array([2, 2]), np.array([0.80, 0.95], np.float32)
+    by_pixels = decide([None] * 3, [None] * 3, Links(first, second, cosine, np.array([0.999, 0.96])), np.arange(3))
+    assert by_pixels.kept_for.tolist() == [0, 1, 0] and by_pixels.reason[2] == "near_image"
+    assert by_pixels.similarity[2] == pytest.approx(0.80)  # dup_similarity stays the chosen link's cosine
+    by_cosine = decide([None] * 3, [None] * 3, Links(first, second, cosine), np.arange(3))
+    assert by_cosine.kept_for.tolist() == [0, 1, 1]
+
+
 def test_a_shared_caption_on_different_pictures_drops_neither():
     rng = np.random.default_rng(3)
     rows = [("ok", f"p{k}", "logo", _unit(rng.normal(size=8)), 0.5) for k in range(3)]
