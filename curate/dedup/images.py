@@ -65,8 +65,8 @@ class PixelCheck:
             rows = np.unique(np.concatenate([a, b]))
             match = pixel_match(self.store.get(rows), np.searchsorted(rows, a), np.searchsorted(rows, b),
                                 self.minimum, self.colour_max, self.verifier, self.store.log_aspect[rows])
-            ok[lo:lo + PAIRS_PER_READ] = match >= self.minimum
-            self.matches.update(zip(zip(a[match >= self.minimum].tolist(), b[match >= self.minimum].tolist()),
-                                    match[match >= self.minimum].tolist()))
+            hit = match >= self.minimum
+            ok[lo:lo + PAIRS_PER_READ] = hit
+            self.matches.update(zip(zip(a[hit].tolist(), b[hit].tolist()), match[hit].tolist()))
         self.candidates, self.confirmed = self.candidates + len(first), self.confirmed + int(ok.sum())
         return ok
