@@ -36,7 +36,8 @@ def _links(plan: Plan, same: pa.Table | None, kinds: tuple[str, ...], extra: str
     if same is not None and kinds:
         mine = np.isin(same.column("kind").to_numpy(zero_copy_only=False), kinds)
         firsts.append(np.asarray(same.column("first"))[mine]), seconds.append(np.asarray(same.column("second"))[mine])
-        sims.append(np.ones(int(mine.sum()), np.float32)), strengths.append(np.ones(int(mine.sum()), np.float32))
+        ones = np.ones(int(mine.sum()), np.float32)
+        sims.append(ones), strengths.append(ones)
     found = _all(plan, extra) if extra else None
     if found is not None:
         firsts.append(np.asarray(found.column("first"))), seconds.append(np.asarray(found.column("second")))
