@@ -72,16 +72,17 @@ def load_pictures(pairs_dirs: list[Path], hold_out: dict[str, set[str]], max_per
     return np.stack(thumbs)
 
 
-def labelled_pairs(pictures: np.ndarray, seed: int, copies: int = 2, lookalikes: int = 2, neighbours: int = 10):
+def labelled_pairs(pictures: np.ndarray, seed: int, copies: int = 2, lookalikes: int = 2, neighbours: int = 10,
+                   edits: tuple[str, ...] = EDITS):
     """Thumbnails (the pictures, then their copies and lookalikes) and pairs of them: first, second, label
-    (1 = copy) and kind (the edit, the lookalike's change, or `neighbour`)."""
+    (1 = copy) and kind (the edit, taken from `edits` in turn; the lookalike's change; or `neighbour`)."""
     rng = np.random.default_rng(seed)
     n = len(pictures)
     extra, first, kind, label = [], [], [], []
     for i in tqdm(range(n), desc="copies and lookalikes", unit="img", leave=False):
         img = Image.fromarray(pictures[i])
         for c in range(copies):
-            edit = EDITS[(i * copies + c) % len(EDITS)]
+            edit = edits[(i * copies + c) % len(edits)]
             extra.append(thumbnail(encode(edit_copy(img, edit, rng), quality=jpeg_quality(edit, rng))))
             first.append(i), kind.append(edit), label.append(1)
         for _ in range(lookalikes):

@@ -10,6 +10,9 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 VERSION = 1  # part of the synth fingerprint: a change here makes new pools
 EDITS = ("resize_jpeg", "crop", "pad", "rotate", "brightness", "grayscale", "blur", "watermark")
+# More edits a copy gets, not planted in pools: benchmarks/quality_verifier.py asks whether the copy verifier, which
+# learnt EDITS only, finds them too (edits it never saw).
+TONE_EDITS = ("contrast", "saturation", "noise", "sharpen")
 
 
 def _resize_jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -53,6 +56,25 @@ def _blur(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return img.filter(ImageFilter.GaussianBlur(radius=min(img.size) * rng.uniform(0.01, 0.02)))
 
 
+def _contrast(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return ImageEnhance.Contrast(img).enhance(rng.choice([rng.uniform(0.65, 0.85), rng.uniform(1.15, 1.4)]))
+
+
+def _saturation(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return ImageEnhance.Color(img).enhance(rng.choice([rng.uniform(0.4, 0.8), rng.uniform(1.2, 1.6)]))
+
+
+def _noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Gaussian sensor-like noise, 4-10 levels."""
+    pixels = np.asarray(img).astype(np.float32)
+    return Image.fromarray(np.clip(pixels + rng.normal(0, rng.uniform(4, 10), pixels.shape), 0, 255).astype(np.uint8))
+
+
+def _sharpen(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return img.filter(ImageFilter.UnsharpMask(radius=rng.uniform(1, 2.5), percent=int(rng.integers(80, 200)),
+                                              threshold=int(rng.integers(0, 4))))
+
+
 def _watermark(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     """A short half-transparent text in a corner, about a tenth of the picture's height."""
     out = img.convert("RGBA")
@@ -78,9 +100,10 @@ def _font(size: int):
 
 
 def edit_copy(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
-    """`img` with the edit `kind` (one of EDITS) applied; the caller re-encodes it."""
-    return {"resize_jpeg": _resize_jpeg, "crop": _crop, "pad": _pad, "rotate": _rotate, "brightness": _brightness, "grayscale": _grayscale,
-            "blur": _blur, "watermark": _watermark}[kind](img.convert("RGB"), rng)
+    """`img` with the edit `kind` (one of EDITS or TONE_EDITS) applied; the caller re-encodes it."""
+    return {"resize_jpeg": _resize_jpeg, "crop": _crop, "pad": _pad, "rotate": _rotate, "brightness": _brightness,
+            "grayscale": _grayscale, "blur": _blur, "watermark": _watermark, "contrast": _contrast,
+            "saturation": _saturation, "noise": _noise, "sharpen": _sharpen}[kind](img.convert("RGB"), rng)
 
 
 def jpeg_quality(kind: str, rng: np.random.Generator) -> int:

@@ -7,6 +7,7 @@ from PIL import Image
 
 from curate.dedup.copy_verifier import CopyNet, Verifier, dihedral_probabilities, fit, probabilities, save
 from curate.dedup.copy_verifier_fit import labelled_pairs, training_pairs
+from curate.synthetic.copy_edits import TONE_EDITS
 from curate.synthetic.lookalikes import KINDS, lookalike
 from curate.synthetic.scenes import random_scene, render
 
@@ -35,6 +36,19 @@ def test_labelled_pairs_hold_copies_lookalikes_and_neighbours():
     assert label.sum() == 30 and set(kind[label == 1]) <= {"resize_jpeg", "crop", "pad", "rotate", "brightness",
                                                             "grayscale", "blur", "watermark"}
     assert (first != second).all() and ((kind == "neighbour") == ((first < 30) & (second < 30))).all()
+
+
+def test_tone_edits_keep_the_picture_and_change_its_pixels():
+    """The tone edits (which quality_verifier.py asks the verifier about) are copies: the shape stays, pixels move."""
+    from curate.dedup.image_match import pixel_match
+
+    thumbs, first, second, label, kind = labelled_pairs(_pictures(16), seed=0, copies=4, lookalikes=0, neighbours=1,
+                                                        edits=TONE_EDITS)
+    copies = label == 1
+    assert set(kind[copies]) == set(TONE_EDITS)
+    assert (pixel_match(thumbs, first[copies], second[copies], 0.75, None) >= 0.75).mean() >= 0.9
+    moved = np.abs(thumbs[second[copies]].astype(int) - thumbs[first[copies]]).mean((1, 2, 3))
+    assert (moved > 1).all(), moved
 
 
 def test_a_trained_verifier_saves_and_loads_the_same_answers(tmp_path):
