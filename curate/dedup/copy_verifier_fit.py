@@ -23,7 +23,7 @@ from curate.dedup.copy_search import CENTRED, copy_candidates
 from curate.dedup.copy_verifier import aligned_crops, fit, probabilities, save
 from curate.dedup.image_match import align, thumbnail
 from curate.pairs import read_pairs
-from curate.synthetic.copy_edits import EDITS, edit_copy, jpeg_quality
+from curate.synthetic.copy_edits import EDITS, TONE_EDITS, edit_copy, jpeg_quality
 from curate.synthetic.lookalikes import lookalike
 from curate.synthetic.scenes import encode, random_scene, render
 
@@ -96,9 +96,10 @@ def labelled_pairs(pictures: np.ndarray, seed: int, copies: int = 2, lookalikes:
             np.concatenate([np.array(kind), np.full(len(near_a), "neighbour")]))
 
 
-def training_pairs(pictures: np.ndarray, seed: int, copies: int = 2, gate: float = GATE, neighbours: int = 10):
+def training_pairs(pictures: np.ndarray, seed: int, copies: int = 2, gate: float = GATE, neighbours: int = 10,
+                   edits: tuple[str, ...] = EDITS):
     """Aligned crop pairs (a, b) of `labelled_pairs` whose shape correlation comes near `gate`, and their labels."""
-    thumbs, first, second, label, _ = labelled_pairs(pictures, seed, copies, neighbours=neighbours)
+    thumbs, first, second, label, _ = labelled_pairs(pictures, seed, copies, neighbours=neighbours, edits=edits)
     close, _, mine, other, cuts = align(thumbs, first, second, gate)
     a, b = aligned_crops(thumbs, mine, other, cuts)
     return a, b, label[close]
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-per-dir", type=int, default=8000, help="pictures drawn from each pairs folder")
     parser.add_argument("--scenes", type=int, default=3000, help="rendered scenes added (colour, backgrounds)")
     parser.add_argument("--copies", type=int, default=2, help="copies made of each picture (the edits in turn)")
+    parser.add_argument("--tone-edits", action="store_true",
+                        help="copies take the tone edits (TONE_EDITS: contrast, saturation, noise, sharpening) too, "
+                             "in turn with the planted ones (then --copies 3 keeps as many copies of each planted edit)")
     parser.add_argument("--neighbours", type=int, default=10,
                         help="each picture's nearest other pictures (centred windows of the copy search, k) taken "
                              "as non-copies")
@@ -131,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pictures = load_pictures(args.pairs, dict(args.hold_out), args.max_per_dir, args.scenes, args.seed)
-    a, b, label = training_pairs(pictures, args.seed, args.copies, neighbours=args.neighbours)
+    edits = EDITS + TONE_EDITS if args.tone_edits else EDITS
+    a, b, label = training_pairs(pictures, args.seed, args.copies, neighbours=args.neighbours, edits=edits)
     log.info("%d pictures, %d aligned pairs (%d copies)", len(pictures), len(label), int(label.sum()))
     net = fit(a, b, label, args.steps, seed=args.seed)
     if args.hard_steps:

@@ -65,6 +65,16 @@ def test_a_trained_verifier_saves_and_loads_the_same_answers(tmp_path):
     assert not np.allclose(views, probabilities(net, a, b), atol=1e-5)
 
 
+def test_the_fit_command_writes_weights_that_load(tmp_path):
+    from curate.dedup.copy_verifier_fit import main
+
+    main(["--scenes", "24", "--copies", "3", "--tone-edits", "--neighbours", "3", "--steps", "5",
+          "--out", str(tmp_path / "w.pt")])
+    x = torch.rand((2, 3, 32, 32))
+    p = probabilities(Verifier(0.5, tmp_path / "w.pt").net, x, x)
+    assert p.shape == (2,) and ((0 <= p) & (p <= 1)).all()
+
+
 def test_missing_weights_name_the_way_out(tmp_path):
     with pytest.raises(FileNotFoundError, match="copy_verifier_fit"):
         Verifier(0.5, tmp_path / "none.pt")
