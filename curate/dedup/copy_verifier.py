@@ -2,12 +2,14 @@
 the second is a copy of the first. It learns what rules of thumb about cells and colours could not: a
 watermark or a rotation leaves a copy, a face in another skin tone or another digit in the frame does not.
 
-It sees the two 32 px aligned RGB crops and their difference, both ways round (the score is symmetric), and
-answers with a probability. `curate/dedup/copy_verifier.pt` holds the weights the project ships, trained by
-`python -m curate.dedup.copy_verifier_fit` on copies made with curate.synthetic.copy_edits and lookalikes made with
-curate.synthetic.lookalikes of pictures the project holds (see that module for how to train your own)."""
+It sees the two aligned RGB crops (32 px, or 64 px for weights trained with `--crop-px 64`) and their difference,
+both ways round (the score is symmetric), and answers with a probability. `curate/dedup/copy_verifier.pt` holds the
+weights the project ships, trained by `python -m curate.dedup.copy_verifier_fit` on copies made with
+curate.synthetic.copy_edits and lookalikes made with curate.synthetic.lookalikes of pictures the project holds (see
+that module for how to train your own)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,18 +22,20 @@ from tqdm import tqdm
 from curate.dedup import VERIFIER_WEIGHTS
 from curate.dedup.image_match import resample, window_weights
 
-CROP_PX = 32
+CROP_PX = 32  # the crop size of a network trained without --crop-px
 BATCH = 2048
 IDENTICAL = 2  # levels: aligned crops this close are the same picture, whatever the network says
 
 
 class CopyNet(nn.Module):
-    """Two aligned crops (n, 3, 32, 32) in [0, 1] -> logit that the second is a copy of the first."""
+    """Two aligned crops (n, 3, crop_px, crop_px) in [0, 1] -> logit that the second is a copy of the first. A
+    64 px network's first layer steps 2 px, so it costs about what a 32 px one does yet sees every pixel."""
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, crop_px: int = CROP_PX):
         super().__init__()
+        self.crop_px = crop_px
         self.body = nn.Sequential(
-            nn.Conv2d(9, width // 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(9, width // 2, 3, stride=crop_px // CROP_PX, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(width // 2, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU())
@@ -45,21 +49,43 @@ class CopyNet(nn.Module):
         return 0.5 * (self.one_way(a, b) + self.one_way(b, a))
 
 
-def aligned_crops(thumbs: np.ndarray, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor):
-    """(n, 3, 32, 32) float16 crops in [0, 1]: `mine`'s window (cuts: top, bottom, left, right shares) and the
+def aligned_crops(thumbs: np.ndarray, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor,
+                  px: int = CROP_PX):
+    """(n, 3, px, px) float16 crops in [0, 1]: `mine`'s window (cuts: top, bottom, left, right shares) and the
     whole of `other`, from (rows, s, s, 3) uint8 thumbnails."""
-    a = torch.empty((len(mine), 3, CROP_PX, CROP_PX), dtype=torch.float16)  # filled in place: no second copy
+    a = torch.empty((len(mine), 3, px, px), dtype=torch.float16)  # filled in place: no second copy
     b = torch.empty_like(a)
     for lo in range(0, len(mine), BATCH):
         part = slice(lo, lo + BATCH)
         rows = torch.unique(torch.cat([mine[part], other[part]]))  # only the rows these pairs use, as floats
         rgb = torch.from_numpy(np.ascontiguousarray(thumbs[rows.numpy()])).float().permute(0, 3, 1, 2) / 255
         first, second = torch.searchsorted(rows, mine[part]), torch.searchsorted(rows, other[part])
-        wy = window_weights(rgb.shape[-1], CROP_PX, cuts[part, 0].numpy(), cuts[part, 1].numpy())
-        wx = window_weights(rgb.shape[-1], CROP_PX, cuts[part, 2].numpy(), cuts[part, 3].numpy())
+        wy = window_weights(rgb.shape[-1], px, cuts[part, 0].numpy(), cuts[part, 1].numpy())
+        wx = window_weights(rgb.shape[-1], px, cuts[part, 2].numpy(), cuts[part, 3].numpy())
         a[part] = torch.einsum("npy,ncyx,nqx->ncpq", wy, rgb[first], wx).half()
-        b[part] = resample(rgb[second], CROP_PX).half()
+        b[part] = resample(rgb[second], px).half()
     return a, b
+
+
+@dataclass
+class AlignedPairs:
+    """Training pairs as the pixel check aligns them (`mine`'s window, cuts: top, bottom, left, right shares, against
+    the whole of `other`, rows of (n, s, s, 3) uint8 `thumbs`) with labels (1 = copy). Crops are made a batch at a
+    time: 64 px crops of half a million pairs held at once would fill the memory."""
+    thumbs: np.ndarray
+    mine: torch.Tensor
+    other: torch.Tensor
+    cuts: torch.Tensor
+    label: np.ndarray
+    px: int = CROP_PX
+
+    def crops(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.as_tensor(rows)
+        return aligned_crops(self.thumbs, self.mine[rows], self.other[rows], self.cuts[rows], self.px)
+
+    def probabilities(self, net: "CopyNet", rows: np.ndarray) -> np.ndarray:
+        out = [probabilities(net, *self.crops(rows[lo:lo + BATCH])) for lo in range(0, len(rows), BATCH)]
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 @torch.no_grad()
@@ -86,7 +112,7 @@ class Verifier:
 
     def accepts(self, thumbs: np.ndarray, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor) -> np.ndarray:
         """Per pair: a copy by the network, or the same pixels (within IDENTICAL levels) once aligned."""
-        a, b = aligned_crops(thumbs, mine, other, cuts)
+        a, b = aligned_crops(thumbs, mine, other, cuts, self.net.crop_px)
         identical = ((a.float() - b.float()).abs().amax((1, 2, 3)) <= IDENTICAL / 255).numpy()
         return identical | (dihedral_probabilities(self.net, a, b) >= self.minimum)
 
@@ -98,28 +124,30 @@ def _load(weights: str) -> CopyNet:
                                 f"curate.dedup.copy_verifier_fit --out {weights}` or set "
                                 "dedup.image_verifier_min: null")
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    net = CopyNet(width=int(state.pop("width").item()))
+    crop_px = int(state.pop("crop_px", torch.tensor(CROP_PX)).item())  # weights saved before --crop-px: 32 px
+    net = CopyNet(width=int(state.pop("width").item()), crop_px=crop_px)
     net.load_state_dict(state)
     return net.eval()
 
 
-def fit(a: torch.Tensor, b: torch.Tensor, label: np.ndarray, steps: int = 2000, batch: int = 128,
-        seed: int = 0, net: CopyNet | None = None, hard: np.ndarray | None = None) -> CopyNet:
-    """Train `net` (a new one by default) on aligned crop pairs (label 1 = copy), copies and non-copies drawn
-    half and half, half of the non-copies from `hard` when given (pairs an earlier round wrongly passed); each
-    batch flipped, turned and swapped at random (the same for both crops), which keeps every label."""
+def fit(pairs: AlignedPairs, steps: int = 2000, batch: int = 128, seed: int = 0, net: CopyNet | None = None,
+        hard: np.ndarray | None = None) -> CopyNet:
+    """Train `net` (a new one for the pairs' crop size by default) on aligned pairs, copies and
+    non-copies drawn half and half, half of the non-copies from `hard` when given (pairs an earlier round wrongly
+    passed); each batch flipped, turned and swapped at random (the same for both crops), which keeps every label."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = net or CopyNet()
+    net = net or CopyNet(crop_px=pairs.px)
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
+    label = pairs.label
     copies, others = np.flatnonzero(label == 1), np.flatnonzero(label == 0)
     hard = others if hard is None or not len(hard) else hard
     net.train()
     for _ in tqdm(range(steps), desc="copy verifier: train", unit="step", mininterval=5):
         rows = np.concatenate([rng.choice(copies, batch // 2), rng.choice(others, batch // 4),
                                rng.choice(hard, batch // 4)])
-        x, y = a[rows].float(), b[rows].float()
+        x, y = (crop.float() for crop in pairs.crops(rows))
         if rng.random() < 0.5:
             x, y = x.flip(3), y.flip(3)
         turns = int(rng.integers(4))
@@ -135,5 +163,5 @@ def fit(a: torch.Tensor, b: torch.Tensor, label: np.ndarray, steps: int = 2000, 
 
 
 def save(net: CopyNet, path: Path) -> None:
-    state = dict(net.state_dict(), width=torch.tensor(net.head.in_features // 4))
+    state = dict(net.state_dict(), width=torch.tensor(net.head.in_features // 4), crop_px=torch.tensor(net.crop_px))
     torch.save(state, path)

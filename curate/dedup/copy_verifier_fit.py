@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from curate.dedup.copy_search import CENTRED, copy_candidates
-from curate.dedup.copy_verifier import aligned_crops, fit, probabilities, save
+from curate.dedup.copy_verifier import CROP_PX, AlignedPairs, fit, save
 from curate.dedup.image_match import align, thumbnail
 from curate.pairs import read_pairs
 from curate.synthetic.copy_edits import EDITS, TONE_EDITS, edit_copy, jpeg_quality
@@ -97,12 +97,11 @@ def labelled_pairs(pictures: np.ndarray, seed: int, copies: int = 2, lookalikes:
 
 
 def training_pairs(pictures: np.ndarray, seed: int, copies: int = 2, gate: float = GATE, neighbours: int = 10,
-                   edits: tuple[str, ...] = EDITS):
-    """Aligned crop pairs (a, b) of `labelled_pairs` whose shape correlation comes near `gate`, and their labels."""
+                   edits: tuple[str, ...] = EDITS, crop_px: int = CROP_PX) -> AlignedPairs:
+    """The pairs of `labelled_pairs` whose shape correlation comes near `gate`, aligned, with their labels."""
     thumbs, first, second, label, _ = labelled_pairs(pictures, seed, copies, neighbours=neighbours, edits=edits)
     close, _, mine, other, cuts = align(thumbs, first, second, gate)
-    a, b = aligned_crops(thumbs, mine, other, cuts)
-    return a, b, label[close]
+    return AlignedPairs(thumbs, mine, other, cuts, label[close], crop_px)
 
 
 def _hold_out_arg(text: str) -> tuple[str, set[str]]:
@@ -121,11 +120,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenes", type=int, default=3000, help="rendered scenes added (colour, backgrounds)")
     parser.add_argument("--copies", type=int, default=2, help="copies made of each picture (the edits in turn)")
     parser.add_argument("--tone-edits", action="store_true",
-                        help="copies take the tone edits (TONE_EDITS: contrast, saturation, noise, sharpening) too, "
-                             "in turn with the planted ones (then --copies 3 keeps as many copies of each planted edit)")
+                        help="copies take the tone edits (TONE_EDITS: contrast, saturation, noise, sharpening) "
+                             "too, in turn with the planted ones (then --copies 3 keeps as many copies of each "
+                             "planted edit)")
     parser.add_argument("--neighbours", type=int, default=10,
                         help="each picture's nearest other pictures (centred windows of the copy search, k) taken "
                              "as non-copies")
+    parser.add_argument("--crop-px", type=int, choices=(32, 64), default=CROP_PX,
+                        help="the aligned crops' size: 64 sees every pixel of the 64 px thumbnails")
     parser.add_argument("--steps", type=int, default=24000)
     parser.add_argument("--hard-steps", type=int, default=0,
                         help="then this many more steps with half the non-copies drawn from those the first "
@@ -136,14 +138,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pictures = load_pictures(args.pairs, dict(args.hold_out), args.max_per_dir, args.scenes, args.seed)
     edits = EDITS + TONE_EDITS if args.tone_edits else EDITS
-    a, b, label = training_pairs(pictures, args.seed, args.copies, neighbours=args.neighbours, edits=edits)
-    log.info("%d pictures, %d aligned pairs (%d copies)", len(pictures), len(label), int(label.sum()))
-    net = fit(a, b, label, args.steps, seed=args.seed)
+    pairs = training_pairs(pictures, args.seed, args.copies, neighbours=args.neighbours, edits=edits,
+                           crop_px=args.crop_px)
+    log.info("%d pictures, %d aligned pairs (%d copies)", len(pictures), len(pairs.label), int(pairs.label.sum()))
+    net = fit(pairs, args.steps, seed=args.seed)
     if args.hard_steps:
-        others = np.flatnonzero(label == 0)
-        hard = others[probabilities(net, a[others], b[others]) >= 0.5]
+        others = np.flatnonzero(pairs.label == 0)
+        hard = others[pairs.probabilities(net, others) >= 0.5]
         log.info("%d of %d non-copies pass at 0.5: trained on for %d steps", len(hard), len(others), args.hard_steps)
-        net = fit(a, b, label, args.hard_steps, seed=args.seed + 1, net=net, hard=hard)
+        net = fit(pairs, args.hard_steps, seed=args.seed + 1, net=net, hard=hard)
     save(net, args.out)
     log.info("wrote %s", args.out)
 

@@ -51,12 +51,16 @@ def test_tone_edits_keep_the_picture_and_change_its_pixels():
     assert (moved > 1).all(), moved
 
 
-def test_a_trained_verifier_saves_and_loads_the_same_answers(tmp_path):
-    a, b, label = training_pairs(_pictures(24), seed=0, gate=-1.0)
-    assert 0 < label.sum() < len(label)
-    net = fit(a, b, label, steps=20, batch=16)
+@pytest.mark.parametrize("crop_px", [32, 64])
+def test_a_trained_verifier_saves_and_loads_the_same_answers(tmp_path, crop_px):
+    pairs = training_pairs(_pictures(24), seed=0, gate=-1.0, crop_px=crop_px)
+    assert 0 < pairs.label.sum() < len(pairs.label)
+    a, b = pairs.crops(np.arange(len(pairs.label)))
+    assert a.shape[1:] == b.shape[1:] == (3, crop_px, crop_px)
+    net = fit(pairs, steps=20, batch=16)
     save(net, tmp_path / "w.pt")
     loaded = Verifier(0.5, tmp_path / "w.pt").net
+    assert loaded.crop_px == crop_px
     assert np.allclose(probabilities(net, a, b), probabilities(loaded, a, b), atol=1e-6)
     assert np.allclose(probabilities(net, a, b), probabilities(net, b, a), atol=1e-5)  # symmetric
     views = dihedral_probabilities(net, a, b)  # the mean over flips and turns: the same for a turned pair
@@ -68,9 +72,9 @@ def test_a_trained_verifier_saves_and_loads_the_same_answers(tmp_path):
 def test_the_fit_command_writes_weights_that_load(tmp_path):
     from curate.dedup.copy_verifier_fit import main
 
-    main(["--scenes", "24", "--copies", "3", "--tone-edits", "--neighbours", "3", "--steps", "5",
-          "--out", str(tmp_path / "w.pt")])
-    x = torch.rand((2, 3, 32, 32))
+    main(["--scenes", "24", "--copies", "3", "--tone-edits", "--neighbours", "3", "--steps", "5", "--hard-steps", "2",
+          "--crop-px", "64", "--out", str(tmp_path / "w.pt")])
+    x = torch.rand((2, 3, 64, 64))
     p = probabilities(Verifier(0.5, tmp_path / "w.pt").net, x, x)
     assert p.shape == (2,) and ((0 <= p) & (p <= 1)).all()
 
