@@ -8,9 +8,10 @@ icon_set=tabler,boxicons,mdi`; this script draws those held-out pictures, makes 
 curate.synthetic.copy_edits, a new seed) and lookalikes, and pairs each picture with its nearest other pictures
 by the copy search, then asks both deciders. Per pool: recall per edit (copies found), false passes per kind of non-copy
 (lookalikes, and `neighbour`: other real pictures), precision and F1. `ratio` = our F1 over the rule's, the
-smaller over the pools. The copies take the planted edits and the tone edits (`TONE_EDITS`: contrast, saturation,
-noise, sharpening) in turn; the shipped weights never learnt the tone edits, so their recall is on edits it never
-saw (`unseen_recall`); precision, F1 and `ratio` are over the planted edits only, as before.
+smaller over the pools. The copies take the planted edits, the tone edits (`TONE_EDITS`: contrast, saturation,
+noise, sharpening) and watermarks of any look (`ANY_WATERMARK`) in turn; the shipped weights never learnt the last
+five, so their recall is on edits it never saw (`unseen_recall`); precision, F1 and `ratio` are over the planted
+edits only, as before.
 """
 from __future__ import annotations
 
@@ -64,19 +65,21 @@ def main() -> None:
     args = parser.parse_args()
 
     from curate.dedup.copy_verifier_fit import labelled_pairs, load_pictures
-    from curate.synthetic.copy_edits import EDITS, TONE_EDITS
+    from curate.synthetic.copy_edits import ANY_WATERMARK, EDITS, TONE_EDITS
+
+    unseen_edits = TONE_EDITS + (ANY_WATERMARK,)
 
     pools = {}
     for pool, hold_out in HELD_OUT.items():
         pictures = load_pictures([SHARED / pool], hold_out, args.max_pictures, 0, args.seed, held_out_only=True)
         thumbs, first, second, label, kind = labelled_pairs(pictures, args.seed, copies=1, lookalikes=1,
-                                                            edits=EDITS + TONE_EDITS)
-        unseen = np.isin(kind, TONE_EDITS)
+                                                            edits=EDITS + unseen_edits)
+        unseen = np.isin(kind, unseen_edits)
         pools[pool] = {"pictures": len(pictures), "pairs": int((~unseen).sum()), "copies": int(label[~unseen].sum())}
         for decider in ("colour_rule", "verifier"):
             ok, seconds = decide(decider, thumbs, first, second)
             pools[pool][decider] = figures(ok[~unseen], label[~unseen], kind[~unseen], seconds)
-            pools[pool][decider]["unseen_recall"] = {k: round(float(ok[kind == k].mean()), 3) for k in TONE_EDITS}
+            pools[pool][decider]["unseen_recall"] = {k: round(float(ok[kind == k].mean()), 3) for k in unseen_edits}
     ratio = min(p["verifier"]["f1"] / max(p["colour_rule"]["f1"], 1e-9) for p in pools.values())
     emit({"ratio": round(ratio, 3), "pools": pools}, args.out, "quality_verifier")
 

@@ -23,7 +23,7 @@ from curate.dedup.copy_search import CENTRED, copy_candidates
 from curate.dedup.copy_verifier import CROP_PX, AlignedPairs, fit, save
 from curate.dedup.image_match import align, thumbnail
 from curate.pairs import read_pairs
-from curate.synthetic.copy_edits import EDITS, TONE_EDITS, edit_copy, jpeg_quality
+from curate.synthetic.copy_edits import ANY_WATERMARK, EDITS, TONE_EDITS, edit_copy, jpeg_quality
 from curate.synthetic.lookalikes import lookalike
 from curate.synthetic.scenes import encode, random_scene, render
 
@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="copies take the tone edits (TONE_EDITS: contrast, saturation, noise, sharpening) "
                              "too, in turn with the planted ones (then --copies 3 keeps as many copies of each "
                              "planted edit)")
+    parser.add_argument("--watermarks", choices=("planted", "any", "both"), default="planted",
+                        help="the watermark copies take: the planted watermark's few looks, text of any look "
+                             "(ANY_WATERMARK: random text, size, opacity, colour and place) in its place, or both "
+                             "in turn")
     parser.add_argument("--neighbours", type=int, default=10,
                         help="each picture's nearest other pictures (centred windows of the copy search, k) taken "
                              "as non-copies")
@@ -138,6 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pictures = load_pictures(args.pairs, dict(args.hold_out), args.max_per_dir, args.scenes, args.seed)
     edits = EDITS + TONE_EDITS if args.tone_edits else EDITS
+    if args.watermarks == "any":
+        edits = tuple(ANY_WATERMARK if edit == "watermark" else edit for edit in edits)
+    elif args.watermarks == "both":
+        edits = edits + (ANY_WATERMARK,)
     pairs = training_pairs(pictures, args.seed, args.copies, neighbours=args.neighbours, edits=edits,
                            crop_px=args.crop_px)
     log.info("%d pictures, %d aligned pairs (%d copies)", len(pictures), len(pairs.label), int(pairs.label.sum()))

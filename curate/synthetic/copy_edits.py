@@ -13,6 +13,9 @@ EDITS = ("resize_jpeg", "crop", "pad", "rotate", "brightness", "grayscale", "blu
 # More edits a copy gets, not planted in pools: benchmarks/quality_verifier.py asks whether the copy verifier, which
 # learnt EDITS only, finds them too (edits it never saw).
 TONE_EDITS = ("contrast", "saturation", "noise", "sharpen")
+# Watermarks of any look (random text, size, opacity, colour and place), not planted in pools: quality_verifier.py asks
+# whether the verifier, which learnt the planted watermark's few looks, finds them; the fit can learn them instead.
+ANY_WATERMARK = "any_watermark"
 
 
 def _resize_jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -93,6 +96,30 @@ def _watermark(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.alpha_composite(out, layer).convert("RGB")
 
 
+def _any_watermark(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Text of any look: 3-14 random letters, digits and marks, 5-16% of the picture's height, 30-85% opaque,
+    black, white, gray or a colour, in a corner, along an edge or across the middle. Text under 10 px is drawn on
+    the picture enlarged and shrunk back, as a watermark drawn on a large picture shows in its thumbnail."""
+    w, h = img.size
+    size = h * rng.uniform(0.05, 0.16)
+    scale = max(1, int(np.ceil(10 / size)))
+    out = img.convert("RGBA").resize((w * scale, h * scale), Image.Resampling.BICUBIC)
+    layer = Image.new("RGBA", out.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-(c)@ "
+    text = "".join(rng.choice(list(alphabet), size=int(rng.integers(3, 15)))).strip() or "(c)"
+    font = _font(round(size * scale))
+    box = draw.textbbox((0, 0), text, font=font)
+    tw, th, margin = box[2] - box[0], box[3] - box[1], 2 * scale
+    x = [margin, (out.size[0] - tw) // 2, out.size[0] - tw - margin][int(rng.integers(3))]
+    y = [margin, (out.size[1] - th) // 2, out.size[1] - th - 2 * margin][int(rng.integers(3))]
+    shade = [(0, 0, 0), (255, 255, 255), (128, 128, 128), tuple(int(c) for c in rng.integers(256, size=3))]
+    fill = shade[int(rng.integers(len(shade)))] + (int(rng.integers(77, 217)),)
+    draw.text((max(0, x), max(0, y) - box[1]), text, fill=fill, font=font)
+    marked = Image.alpha_composite(out, layer)
+    return (marked.resize((w, h), Image.Resampling.LANCZOS) if scale > 1 else marked).convert("RGB")
+
+
 def _font(size: int):
     from PIL import ImageFont
 
@@ -100,9 +127,11 @@ def _font(size: int):
 
 
 def edit_copy(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
-    """`img` with the edit `kind` (one of EDITS or TONE_EDITS) applied; the caller re-encodes it."""
+    """`img` with the edit `kind` (one of EDITS, TONE_EDITS or ANY_WATERMARK) applied; the caller re-encodes
+    it."""
     return {"resize_jpeg": _resize_jpeg, "crop": _crop, "pad": _pad, "rotate": _rotate, "brightness": _brightness,
-            "grayscale": _grayscale, "blur": _blur, "watermark": _watermark, "contrast": _contrast,
+            "grayscale": _grayscale, "blur": _blur, "watermark": _watermark, "any_watermark": _any_watermark,
+            "contrast": _contrast,
             "saturation": _saturation, "noise": _noise, "sharpen": _sharpen}[kind](img.convert("RGB"), rng)
 
 
