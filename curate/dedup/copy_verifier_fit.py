@@ -111,6 +111,15 @@ def _hold_out_arg(text: str) -> tuple[str, set[str]]:
     return column, set(values.split(","))
 
 
+def fit_edits(tone_edits: bool = False, watermarks: str = "planted") -> tuple[str, ...]:
+    """The edits the copies take in turn: EDITS, then TONE_EDITS if asked; the planted watermark, or ANY_WATERMARK
+    in its place ("any"), or both ("both")."""
+    edits = EDITS + TONE_EDITS if tone_edits else EDITS
+    if watermarks == "any":
+        return tuple(ANY_WATERMARK if edit == "watermark" else edit for edit in edits)
+    return edits + (ANY_WATERMARK,) if watermarks == "both" else edits
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=Path, action="append", default=[], help="a pairs folder (repeatable)")
@@ -141,11 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pictures = load_pictures(args.pairs, dict(args.hold_out), args.max_per_dir, args.scenes, args.seed)
-    edits = EDITS + TONE_EDITS if args.tone_edits else EDITS
-    if args.watermarks == "any":
-        edits = tuple(ANY_WATERMARK if edit == "watermark" else edit for edit in edits)
-    elif args.watermarks == "both":
-        edits = edits + (ANY_WATERMARK,)
+    edits = fit_edits(args.tone_edits, args.watermarks)
     pairs = training_pairs(pictures, args.seed, args.copies, neighbours=args.neighbours, edits=edits,
                            crop_px=args.crop_px)
     log.info("%d pictures, %d aligned pairs (%d copies)", len(pictures), len(pairs.label), int(pairs.label.sum()))

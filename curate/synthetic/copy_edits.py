@@ -131,8 +131,8 @@ def edit_copy(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.Im
     it."""
     return {"resize_jpeg": _resize_jpeg, "crop": _crop, "pad": _pad, "rotate": _rotate, "brightness": _brightness,
             "grayscale": _grayscale, "blur": _blur, "watermark": _watermark, "any_watermark": _any_watermark,
-            "contrast": _contrast,
-            "saturation": _saturation, "noise": _noise, "sharpen": _sharpen}[kind](img.convert("RGB"), rng)
+            "contrast": _contrast, "saturation": _saturation, "noise": _noise,
+            "sharpen": _sharpen}[kind](img.convert("RGB"), rng)
 
 
 def jpeg_quality(kind: str, rng: np.random.Generator) -> int:

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from curate.dedup.copy_verifier import CopyNet, Verifier, dihedral_probabilities, fit, probabilities, save
-from curate.dedup.copy_verifier_fit import labelled_pairs, training_pairs
-from curate.synthetic.copy_edits import ANY_WATERMARK, TONE_EDITS, edit_copy
+from curate.dedup.copy_verifier_fit import fit_edits, labelled_pairs, training_pairs
+from curate.synthetic.copy_edits import ANY_WATERMARK, EDITS, TONE_EDITS, edit_copy
 from curate.synthetic.lookalikes import KINDS, lookalike
 from curate.synthetic.scenes import random_scene, render
 
@@ -51,7 +51,7 @@ def test_tone_edits_keep_the_picture_and_change_its_pixels():
     assert (moved > 1).all(), moved
 
 
-def test_training_watermarks_write_text_of_many_looks_over_part_of_the_picture():
+def test_any_watermark_writes_text_of_many_looks_over_part_of_the_picture():
     rng = np.random.default_rng(0)
     marked = []
     for picture in _pictures(16):
@@ -60,6 +60,13 @@ def test_training_watermarks_write_text_of_many_looks_over_part_of_the_picture()
         assert copy.shape == picture.shape and 0 < moved.mean() < 0.35, moved.mean()
         marked.append(moved)
     assert len({m.tobytes() for m in marked}) == 16  # text, place and size change from copy to copy
+
+
+def test_the_fit_learns_the_watermarks_asked_for():
+    assert fit_edits() == EDITS
+    assert fit_edits(watermarks="any") == tuple(ANY_WATERMARK if e == "watermark" else e for e in EDITS)
+    both = fit_edits(tone_edits=True, watermarks="both")
+    assert set(both) == set(EDITS) | set(TONE_EDITS) | {ANY_WATERMARK} and len(both) == len(set(both))
 
 
 @pytest.mark.parametrize("crop_px", [32, 64])
@@ -83,8 +90,8 @@ def test_a_trained_verifier_saves_and_loads_the_same_answers(tmp_path, crop_px):
 def test_the_fit_command_writes_weights_that_load(tmp_path):
     from curate.dedup.copy_verifier_fit import main
 
-    main(["--scenes", "24", "--copies", "3", "--tone-edits", "--watermarks", "both", "--neighbours", "3", "--steps", "5", "--hard-steps", "2",
-          "--crop-px", "64", "--out", str(tmp_path / "w.pt")])
+    main(["--scenes", "24", "--copies", "3", "--tone-edits", "--watermarks", "both", "--neighbours", "3",
+          "--steps", "5", "--hard-steps", "2", "--crop-px", "64", "--out", str(tmp_path / "w.pt")])
     x = torch.rand((2, 3, 64, 64))
     p = probabilities(Verifier(0.5, tmp_path / "w.pt").net, x, x)
     assert p.shape == (2,) and ((0 <= p) & (p <= 1)).all()
