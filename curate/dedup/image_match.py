@@ -206,7 +206,7 @@ def _refine(lum32: torch.Tensor, mine: torch.Tensor, other: torch.Tensor, cuts: 
     return best, windows[torch.arange(n), k]
 
 
-def _colour_gap(rgb32: torch.Tensor, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor) -> torch.Tensor:
+def colour_gap(rgb32: torch.Tensor, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor) -> torch.Tensor:
     """The largest difference (levels) of any cell's mean colour (COLOUR_CELLS x COLOUR_CELLS cells) between
     `mine`'s window and the whole of `other`, after one brightness factor; grayscale pairs by luminance."""
     kept = 1 - cuts[:, 0::2] - cuts[:, 1::2]  # (n, 2) kept share of each axis
@@ -266,7 +266,7 @@ def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minim
         rgb32 = resample(torch.from_numpy(np.ascontiguousarray(thumbs)).float().permute(0, 3, 1, 2), 32)
         for lo in range(0, len(close), CHUNK_PAIRS):
             part = slice(lo, lo + CHUNK_PAIRS)
-            passed[part] &= _colour_gap(rgb32, mine[part], other[part], cuts[part]) <= colour_max
+            passed[part] &= colour_gap(rgb32, mine[part], other[part], cuts[part]) <= colour_max
     if verifier is not None:
         ask = torch.nonzero(passed).flatten()
         for lo in range(0, len(ask), CHUNK_PAIRS):

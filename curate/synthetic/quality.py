@@ -123,9 +123,14 @@ def dedup_quality(run_dir: Path, pool_path: Path, pairs_root: Path | None = None
     dropped rows whose kept row (`dup_of`) is the same picture, overall and per reason; by_edit: per planted
     edit kind, the share of copies that dedup paired with their original (one dropped for the other)."""
     pool = pq.read_table(pool_path)
-    picture = picture_ids(pool, pairs_root)
     dup = {r["uid"]: r for r in pq.read_table(Path(run_dir) / "dedup" / "dup.parquet").to_pylist()
            if r["dup_keep"] is not None}
+    return decisions_quality(dup, pool, picture_ids(pool, pairs_root))
+
+
+def decisions_quality(dup: dict[str, dict], pool: pa.Table, picture: dict[str, str]) -> dict:
+    """`dedup_quality`'s figures for decisions `dup` (uid -> dup_keep, dup_of, dup_reason of each row dedup saw)
+    on `pool` (with its gt_* columns), whose rows are the pictures `picture` (uid -> picture id)."""
     rows_of: dict[str, list[dict]] = {}
     for uid, r in dup.items():
         rows_of.setdefault(picture[uid], []).append(r)
