@@ -104,19 +104,17 @@ def cached_candidates(run: Path, store, table, cfg) -> dict:
 
 
 def verifier_probabilities(thumbs: np.ndarray, pairs: dict, weights: Path, asked: np.ndarray) -> np.ndarray:
-    """The verifier's probability (1 for aligned crops within IDENTICAL levels) of each `asked` pair, else 0."""
+    """The verifier's probability (curate.dedup.copy_verifier.Verifier.probabilities) of each `asked` pair, else 0."""
     import torch
 
-    from curate.dedup.copy_verifier import IDENTICAL, _load, aligned_crops, dihedral_probabilities
+    from curate.dedup.copy_verifier import Verifier
 
-    net, ask = _load(str(weights)), np.flatnonzero(asked)
+    verifier, ask = Verifier(0.5, weights), np.flatnonzero(asked)  # its bar is not used: the bars are ours
     prob = np.zeros(len(pairs["first"]), np.float32)
     for lo in range(0, len(ask), 4096):
         part = ask[lo:lo + 4096]
-        a, b = aligned_crops(thumbs, *(torch.as_tensor(pairs[k][part]) for k in ("mine", "other", "cuts")),
-                             net.crop_px)
-        identical = ((a.float() - b.float()).abs().amax((1, 2, 3)) <= IDENTICAL / 255).numpy()
-        prob[part] = np.where(identical, 1.0, dihedral_probabilities(net, a, b))
+        mine, other, cuts = (torch.as_tensor(pairs[k][part]) for k in ("mine", "other", "cuts"))
+        prob[part] = verifier.probabilities(thumbs, mine, other, cuts)
     return prob
 
 

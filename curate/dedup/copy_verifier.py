@@ -110,11 +110,17 @@ class Verifier:
     def __init__(self, minimum: float, weights: Path = VERIFIER_WEIGHTS):
         self.minimum, self.net = minimum, _load(str(weights))
 
-    def accepts(self, thumbs: np.ndarray, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor) -> np.ndarray:
-        """Per pair: a copy by the network, or the same pixels (within IDENTICAL levels) once aligned."""
+    def probabilities(self, thumbs: np.ndarray, mine: torch.Tensor, other: torch.Tensor,
+                      cuts: torch.Tensor) -> np.ndarray:
+        """Per pair: the network's probability of a copy, 1 for the same pixels (within IDENTICAL levels) once
+        aligned."""
         a, b = aligned_crops(thumbs, mine, other, cuts, self.net.crop_px)
         identical = ((a.float() - b.float()).abs().amax((1, 2, 3)) <= IDENTICAL / 255).numpy()
-        return identical | (dihedral_probabilities(self.net, a, b) >= self.minimum)
+        return np.where(identical, 1.0, dihedral_probabilities(self.net, a, b))
+
+    def accepts(self, thumbs: np.ndarray, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor) -> np.ndarray:
+        """Per pair: a copy by the network, or the same pixels (within IDENTICAL levels) once aligned."""
+        return self.probabilities(thumbs, mine, other, cuts) >= self.minimum
 
 
 @lru_cache(maxsize=2)
