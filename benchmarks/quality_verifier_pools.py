@@ -1,7 +1,7 @@
 """Copy verifier weights and bars judged on finished pools, without rerunning dedup:
 
     python benchmarks/quality_verifier_pools.py --run runs/dedup-emoji --run runs/demo-new \\
-        --weights curate/dedup/copy_verifier.pt --weights my.pt --bar 0.99 --bar 0.985
+        --weights curate/dedup/copy_verifier.pt --weights my.pt --bar 0.99 --bar 0.985 [--colour-max 40]
 
 Per run, once (kept in `<run>/dedup/verifier_pairs-<key>.npz`): the candidate pairs dedup's image task proposes
 (SemDeDup on the embeddings and the copy search on the pixels, under the run's own dedup config), aligned, with
@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, action="append", required=True, help="a finished pool run (repeat)")
     parser.add_argument("--weights", type=Path, action="append", help="verifier weights (repeat; default shipped)")
     parser.add_argument("--bar", type=float, action="append", help="verifier bars (repeat; default the run's)")
+    parser.add_argument("--colour-max", type=float, action="append",
+                        help="colour guards, levels (repeat; default the run's dedup.image_colour_max)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from curate.dedup import VERIFIER_WEIGHTS
@@ -157,13 +159,16 @@ def main() -> None:
         store = ThumbnailStore(table, run / "download")
         pairs = cached_candidates(run, store, table, cfg)
         thumbs = store.get(np.arange(table.num_rows))
-        passed = (pairs["shape"] >= cfg.image_match_min) & (
-            pairs["colour"] <= (cfg.image_colour_max if cfg.image_colour_max is not None else np.inf))
+        guards = args.colour_max or [cfg.image_colour_max if cfg.image_colour_max is not None else np.inf]
+        shaped = pairs["shape"] >= cfg.image_match_min
         for w in weights:
-            prob = verifier_probabilities(thumbs, pairs, w, passed)  # as the stage: past shape and colour
-            for bar in args.bar or [cfg.image_verifier_min or 0.0]:  # 0: the run has no verifier
-                figures = pool_figures(run, table, keep, pairs, passed & (prob >= bar))
-                results.setdefault(f"{w.name} @ {bar}", {})[run.name] = figures
+            prob = verifier_probabilities(thumbs, pairs, w, shaped & (pairs["colour"] <= max(guards)))
+            for guard in guards:  # as the stage: the verifier decides the pairs past shape and colour
+                passed = shaped & (pairs["colour"] <= guard)
+                for bar in args.bar or [cfg.image_verifier_min or 0.0]:  # 0: the run has no verifier
+                    figures = pool_figures(run, table, keep, pairs, passed & (prob >= bar))
+                    name = f"{w.name} @ {bar}" + (f" colour {guard}" if args.colour_max else "")
+                    results.setdefault(name, {})[run.name] = figures
     headline = {name: round(min(min(q["recall"], q["precision"], 1 - 5 * q["pictures_lost_share"])
                                 for q in pools.values()), 4) for name, pools in results.items()}
     emit({"ratio": next(iter(headline.values())), "headline": headline, "results": results}, args.out,

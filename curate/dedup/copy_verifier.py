@@ -3,12 +3,14 @@ the second is a copy of the first. It learns what rules of thumb about cells and
 watermark or a rotation leaves a copy, a face in another skin tone or another digit in the frame does not.
 
 It sees the two aligned RGB crops (32 px, or 64 px for weights trained with `--crop-px 64`) and their difference,
-both ways round (the score is symmetric), and answers with a probability. `curate/dedup/copy_verifier.pt` holds the
-weights the project ships, trained by `python -m curate.dedup.copy_verifier_fit` on copies made with
-curate.synthetic.copy_edits and lookalikes made with curate.synthetic.lookalikes of pictures the project holds (see
-that module for how to train your own)."""
+both ways round (the score is symmetric), and answers with a probability. A weights file holds one network or an
+ensemble whose probabilities are averaged (`python -m curate.dedup.copy_verifier A.pt B.pt --out E.pt`).
+`curate/dedup/copy_verifier.pt` holds the project's: a 32 px and a 64 px network, each trained by `python -m
+curate.dedup.copy_verifier_fit` on copies made with curate.synthetic.copy_edits and lookalikes made with
+curate.synthetic.lookalikes of pictures the project holds (see that module for how to train your own)."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -104,36 +106,53 @@ def dihedral_probabilities(net: CopyNet, a: torch.Tensor, b: torch.Tensor) -> np
 
 
 class Verifier:
-    """The pixel check's last test: a pair passes when the network's probability, averaged over the pair's eight
-    flips and turns, reaches `minimum`."""
+    """The pixel check's last test: a pair passes when the networks' probability, averaged over the members of the
+    weights file (one network, or an ensemble written by `combine`) and the pair's eight flips and turns, reaches
+    `minimum`."""
 
     def __init__(self, minimum: float, weights: Path = VERIFIER_WEIGHTS):
-        self.minimum, self.net = minimum, _load(str(weights))
+        self.minimum, self.members = minimum, _load(str(weights))
+
+    @property
+    def net(self) -> CopyNet:
+        """The network of a one-member weights file."""
+        if len(self.members) != 1:
+            raise ValueError(f"these weights hold an ensemble of {len(self.members)} networks: use .members")
+        return self.members[0]
 
     def probabilities(self, thumbs: np.ndarray, mine: torch.Tensor, other: torch.Tensor,
                       cuts: torch.Tensor) -> np.ndarray:
-        """Per pair: the network's probability of a copy, 1 for the same pixels (within IDENTICAL levels) once
+        """Per pair: the members' mean probability of a copy, 1 for the same pixels (within IDENTICAL levels) once
         aligned."""
-        a, b = aligned_crops(thumbs, mine, other, cuts, self.net.crop_px)
-        identical = ((a.float() - b.float()).abs().amax((1, 2, 3)) <= IDENTICAL / 255).numpy()
-        return np.where(identical, 1.0, dihedral_probabilities(self.net, a, b))
+        views, identical = [], None
+        for net in self.members:
+            a, b = aligned_crops(thumbs, mine, other, cuts, net.crop_px)
+            if identical is None:
+                identical = ((a.float() - b.float()).abs().amax((1, 2, 3)) <= IDENTICAL / 255).numpy()
+            views.append(dihedral_probabilities(net, a, b))
+        return np.where(identical, 1.0, np.mean(views, axis=0))
 
     def accepts(self, thumbs: np.ndarray, mine: torch.Tensor, other: torch.Tensor, cuts: torch.Tensor) -> np.ndarray:
-        """Per pair: a copy by the network, or the same pixels (within IDENTICAL levels) once aligned."""
+        """Per pair: a copy by the networks, or the same pixels (within IDENTICAL levels) once aligned."""
         return self.probabilities(thumbs, mine, other, cuts) >= self.minimum
 
 
+def _network(state: dict) -> CopyNet:
+    state = dict(state)
+    crop_px = int(state.pop("crop_px", torch.tensor(CROP_PX)).item())  # weights saved before --crop-px: 32 px
+    net = CopyNet(width=int(state.pop("width").item()), crop_px=crop_px)
+    net.load_state_dict(state)
+    return net.eval()
+
+
 @lru_cache(maxsize=2)
-def _load(weights: str) -> CopyNet:
+def _load(weights: str) -> tuple[CopyNet, ...]:
     if not Path(weights).is_file():
         raise FileNotFoundError(f"copy verifier weights {weights} are missing: train them with `python -m "
                                 f"curate.dedup.copy_verifier_fit --out {weights}` or set "
                                 "dedup.image_verifier_min: null")
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    crop_px = int(state.pop("crop_px", torch.tensor(CROP_PX)).item())  # weights saved before --crop-px: 32 px
-    net = CopyNet(width=int(state.pop("width").item()), crop_px=crop_px)
-    net.load_state_dict(state)
-    return net.eval()
+    return tuple(_network(s) for s in state["members"]) if "members" in state else (_network(state),)
 
 
 def fit(pairs: AlignedPairs, steps: int = 2000, batch: int = 128, seed: int = 0, net: CopyNet | None = None,
@@ -168,6 +187,29 @@ def fit(pairs: AlignedPairs, steps: int = 2000, batch: int = 128, seed: int = 0,
     return net.eval()
 
 
+def _state(net: CopyNet) -> dict:
+    return dict(net.state_dict(), width=torch.tensor(net.head.in_features // 4), crop_px=torch.tensor(net.crop_px))
+
+
 def save(net: CopyNet, path: Path) -> None:
-    state = dict(net.state_dict(), width=torch.tensor(net.head.in_features // 4), crop_px=torch.tensor(net.crop_px))
-    torch.save(state, path)
+    torch.save(_state(net), path)
+
+
+def combine(weights: list[Path], path: Path) -> None:
+    """One weights file holding every network of `weights` (each one network or an ensemble): the verifier then
+    averages their probabilities. Networks fitted on different copies or lookalikes err on different pairs."""
+    torch.save({"members": [_state(net) for w in weights for net in _load(str(w))]}, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Combine copy verifier weights into one ensemble file: "
+                                     "python -m curate.dedup.copy_verifier A.pt B.pt --out ENSEMBLE.pt")
+    parser.add_argument("weights", type=Path, nargs="+", help="weights files (from copy_verifier_fit or this)")
+    parser.add_argument("--out", type=Path, required=True, help="the ensemble's weights file")
+    args = parser.parse_args(argv)
+    combine(args.weights, args.out)
+    print(f"wrote {args.out}: {len(_load(str(args.out)))} networks")
+
+
+if __name__ == "__main__":
+    main()

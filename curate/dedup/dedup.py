@@ -50,7 +50,7 @@ class DedupConfig(BaseModel):
         "on the aligned pair) says copy with at least this probability: another skin tone, colourway or glyph in the "
         "same frame is not a copy; null = off")
     image_colour_max: float | None = Field(
-        30.0, gt=0, le=255, description="... and no 4 x 4 cell's mean colour more than this many levels apart "
+        40.0, gt=0, le=255, description="... and no 4 x 4 cell's mean colour more than this many levels apart "
         "after one brightness factor: a coarse guard beside the verifier; null = off")
     copy_search_k: int = Field(
         5, ge=0, le=100, description="also propose each row's k nearest images by their own pixels (8 px "

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from curate.dedup.copy_verifier import CopyNet, Verifier, dihedral_probabilities, fit, probabilities, save
+from curate.dedup.copy_verifier import CopyNet, Verifier, dihedral_probabilities, fit, main, probabilities, save
 from curate.dedup.copy_verifier_fit import fit_edits, labelled_pairs, training_pairs
 from curate.synthetic.copy_edits import ANY_WATERMARK, EDITS, TONE_EDITS, edit_copy
 from curate.synthetic.lookalikes import KINDS, lookalike
@@ -85,6 +85,24 @@ def test_a_trained_verifier_saves_and_loads_the_same_answers(tmp_path, crop_px):
     assert np.allclose(views, dihedral_probabilities(net, a.rot90(1, (2, 3)).flip(2), b.rot90(1, (2, 3)).flip(2)),
                        atol=1e-5)
     assert not np.allclose(views, probabilities(net, a, b), atol=1e-5)
+
+
+def test_an_ensemble_averages_its_members_and_loads_from_one_file(tmp_path):
+    pictures = _pictures(24)
+    pairs = {px: training_pairs(pictures, seed=0, gate=-1.0, crop_px=px) for px in (32, 64)}
+    for k, px in enumerate((32, 32, 64)):
+        save(fit(pairs[px], steps=10, batch=16, seed=k), tmp_path / f"m{k}.pt")
+    main([str(tmp_path / "m0.pt"), str(tmp_path / "m1.pt"), "--out", str(tmp_path / "pair.pt")])
+    main([str(tmp_path / "pair.pt"), str(tmp_path / "m2.pt"), "--out", str(tmp_path / "all.pt")])
+    ensemble = Verifier(0.5, tmp_path / "all.pt")
+    assert [net.crop_px for net in ensemble.members] == [32, 32, 64]
+    with pytest.raises(ValueError, match="ensemble"):
+        ensemble.net
+    p32 = pairs[32]
+    thumbs, mine, other, cuts = p32.thumbs, p32.mine, p32.other, p32.cuts
+    members = [Verifier(0.5, tmp_path / f"m{k}.pt").probabilities(thumbs, mine, other, cuts) for k in range(3)]
+    assert np.allclose(ensemble.probabilities(thumbs, mine, other, cuts), np.mean(members, axis=0), atol=1e-6)
+    assert not np.allclose(members[0], members[1], atol=1e-3)  # the members differ, so the mean is a real test
 
 
 def test_the_fit_command_writes_weights_that_load(tmp_path):

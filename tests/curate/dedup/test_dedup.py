@@ -14,7 +14,7 @@ from curate.synthetic.copy_edits import EDITS
 from tests.conftest import ROOT
 
 
-DEMO_DEDUP = {"image_match_min": 0.75, "image_verifier_min": 0.99, "image_colour_max": 30.0}  # configs/demo.yaml
+DEMO_DEDUP = {"image_match_min": 0.75, "image_verifier_min": 0.99, "image_colour_max": 40.0}  # configs/demo.yaml
 
 
 def demo_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:

@@ -30,3 +30,10 @@ def test_the_pools_figures_are_the_stages_own(tmp_path, monkeypatch, capsys):
     looser = line["results"]["copy_verifier.pt @ 0.5"]["run"]
     assert looser["recall"] >= ours["recall"]  # a looser bar drops no fewer copies
     assert list((run / "dedup").glob("verifier_pairs-*.npz"))  # the aligned pairs are kept for the next weights
+
+    monkeypatch.setattr(sys, "argv", ["quality_verifier_pools.py", "--run", str(run), "--bar", "0.99",
+                                      "--colour-max", "10", "--colour-max", "255"])
+    quality_verifier_pools.main()
+    guards = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    strict, open_ = (guards[f"copy_verifier.pt @ 0.99 colour {g}"]["run"] for g in (10.0, 255.0))
+    assert strict["recall"] <= open_["recall"]  # the colour guard only ever stops pairs
