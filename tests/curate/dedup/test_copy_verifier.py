@@ -121,8 +121,9 @@ def test_missing_weights_name_the_way_out(tmp_path):
 
 
 def test_the_shipped_weights_load():
-    net = Verifier(0.5).net
-    assert isinstance(net, CopyNet)
-    x = torch.rand((4, 3, 32, 32))
-    p = probabilities(net, x, x.flip(3))
-    assert p.shape == (4,) and ((0 <= p) & (p <= 1)).all()
+    members = Verifier(0.5).members  # the shipped ensemble: a 32 px and a 64 px network
+    assert [net.crop_px for net in members] == [32, 64] and all(isinstance(net, CopyNet) for net in members)
+    for net in members:
+        x = torch.rand((4, 3, net.crop_px, net.crop_px))
+        p = probabilities(net, x, x.flip(3))
+        assert p.shape == (4,) and ((0 <= p) & (p <= 1)).all()
