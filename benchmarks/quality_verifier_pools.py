@@ -64,7 +64,7 @@ def aligned_candidates(store, table, cfg) -> dict:
     import torch
 
     from curate.dedup.copy_search import copy_candidates
-    from curate.dedup.image_match import align, colour_gap, resample
+    from curate.dedup.image_match import CHUNK_PAIRS, align, colour_gap, resample
     from curate.dedup.semdedup import embedding_matrix, near_duplicate_images
 
     vectors = embedding_matrix(table.column("image_embedding"))
@@ -82,8 +82,8 @@ def aligned_candidates(store, table, cfg) -> dict:
            "colour": np.full(len(first), np.inf, np.float32), "mine": np.full(len(first), -1),
            "other": np.full(len(first), -1), "cuts": np.zeros((len(first), 4), np.float32), "cosine": cosine}
     rgb32 = resample(torch.from_numpy(np.ascontiguousarray(thumbs)).float().permute(0, 3, 1, 2), 32)
-    gaps = [colour_gap(rgb32, mine[lo:lo + 4096], other[lo:lo + 4096], cuts[lo:lo + 4096])
-            for lo in range(0, len(close), 4096)]
+    gaps = [colour_gap(rgb32, mine[lo:lo + CHUNK_PAIRS], other[lo:lo + CHUNK_PAIRS], cuts[lo:lo + CHUNK_PAIRS])
+            for lo in range(0, len(close), CHUNK_PAIRS)]
     out["shape"][close], out["mine"][close], out["other"][close] = sims.numpy(), mine.numpy(), other.numpy()
     out["cuts"][close] = cuts.numpy()
     out["colour"][close] = torch.cat(gaps).numpy() if gaps else []
@@ -108,21 +108,30 @@ def verifier_probabilities(thumbs: np.ndarray, pairs: dict, weights: Path, asked
     import torch
 
     from curate.dedup.copy_verifier import Verifier
+    from curate.dedup.image_match import CHUNK_PAIRS
 
     verifier, ask = Verifier(0.5, weights), np.flatnonzero(asked)  # its bar is not used: the bars are ours
     prob = np.zeros(len(pairs["first"]), np.float32)
-    for lo in range(0, len(ask), 4096):
-        part = ask[lo:lo + 4096]
+    for lo in range(0, len(ask), CHUNK_PAIRS):
+        part = ask[lo:lo + CHUNK_PAIRS]
         mine, other, cuts = (torch.as_tensor(pairs[k][part]) for k in ("mine", "other", "cuts"))
         prob[part] = verifier.probabilities(thumbs, mine, other, cuts)
     return prob
 
 
-def pool_figures(run: Path, table, keep: str | None, pairs: dict, accepted: np.ndarray) -> dict:
+def ground_truth(run: Path):
+    """The run's pool (with its gt_* columns) and each uid's picture, read once per run."""
     import pyarrow.parquet as pq
 
+    from curate.synthetic.quality import pairs_root, picture_ids
+
+    pool = pq.read_table(run / "synth" / "pool.parquet")
+    return pool, picture_ids(pool, pairs_root(run))
+
+
+def pool_figures(truth, table, keep: str | None, pairs: dict, accepted: np.ndarray) -> dict:
     from curate.dedup.pictures import Links, decide
-    from curate.synthetic.quality import decisions_quality, pairs_root, picture_ids
+    from curate.synthetic.quality import decisions_quality
 
     uid = table.column("uid").to_pylist()
     preference = (np.nan_to_num(table.column(keep).to_numpy(zero_copy_only=False).astype(float), nan=-np.inf)
@@ -133,8 +142,7 @@ def pool_figures(run: Path, table, keep: str | None, pairs: dict, accepted: np.n
                np.lexsort((np.array(uid), -preference)))
     dup = {u: {"uid": u, "dup_keep": bool(d.kept_for[k] == k), "dup_reason": d.reason[k],
                "dup_of": uid[d.kept_for[k]] if d.kept_for[k] != k else None} for k, u in enumerate(uid)}
-    pool = pq.read_table(run / "synth" / "pool.parquet")
-    q = decisions_quality(dup, pool, picture_ids(pool, pairs_root(run)))
+    q = decisions_quality(dup, *truth)
     return {k: q[k] for k in ("pictures", "duplicate_rows", "recall", "pictures_lost", "pictures_lost_share",
                               "precision")} | {"recall_by_edit": {e: c["recall"] for e, c in q["by_edit"].items()}}
 
@@ -158,7 +166,7 @@ def main() -> None:
         table, keep = load_rows(run, cfg)
         store = ThumbnailStore(table, run / "download")
         pairs = cached_candidates(run, store, table, cfg)
-        thumbs = store.get(np.arange(table.num_rows))
+        thumbs, truth = store.get(np.arange(table.num_rows)), ground_truth(run)
         guards = args.colour_max or [cfg.image_colour_max if cfg.image_colour_max is not None else np.inf]
         shaped = pairs["shape"] >= cfg.image_match_min
         for w in weights:
@@ -166,7 +174,7 @@ def main() -> None:
             for guard in guards:  # as the stage: the verifier decides the pairs past shape and colour
                 passed = shaped & (pairs["colour"] <= guard)
                 for bar in args.bar or [cfg.image_verifier_min or 0.0]:  # 0: the run has no verifier
-                    figures = pool_figures(run, table, keep, pairs, passed & (prob >= bar))
+                    figures = pool_figures(truth, table, keep, pairs, passed & (prob >= bar))
                     name = f"{w.name} @ {bar}" + (f" colour {guard}" if args.colour_max else "")
                     results.setdefault(name, {})[run.name] = figures
     headline = {name: round(min(min(q["recall"], q["precision"], 1 - 5 * q["pictures_lost_share"])

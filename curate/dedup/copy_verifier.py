@@ -197,7 +197,7 @@ def save(net: CopyNet, path: Path) -> None:
 
 def combine(weights: list[Path], path: Path) -> None:
     """One weights file holding every network of `weights` (each one network or an ensemble): the verifier then
-    averages their probabilities. Networks fitted on different copies or lookalikes err on different pairs."""
+    averages their probabilities (networks fitted differently, e.g. at 32 and 64 px, can err on different pairs)."""
     torch.save({"members": [_state(net) for w in weights for net in _load(str(w))]}, path)
 
 
