@@ -18,6 +18,8 @@ stretched over another's frame, is another picture. Then:
   more than `colour_max` levels (of 255); a grayscale copy is compared by luminance;
 - the copy verifier (curate.dedup.copy_verifier, when given) judges the pairs that passed: a small network that
   learnt what a copy keeps and what a lookalike (a skin tone, a flag's colours, a digit in the frame) changes.
+A pair that fails within ROTATION_SLACK of the shape bar is tried again with one image turned back a few degrees
+(`pixel_match`'s `rotations`): the axis-aligned windows cannot undo a turn, which a copy may have had.
 
 Thumbnails are `THUMB_PX` square RGB (12 KB a row, kept on disk for rows that were in some candidate pair)."""
 from __future__ import annotations
@@ -50,6 +52,7 @@ BRIGHTNESS = (0.65, 1.55)  # one factor for the whole copy
 GRAY_CHROMA = 6.0  # RMS chroma (levels) under which an image counts as grayscale
 CHUNK_ROWS = 512
 CHUNK_PAIRS = 4096  # pairs per batch of the colour test and the verifier (bounded memory)
+ROTATION_SLACK = 0.15  # pairs that fail within this of the shape bar are tried again turned back (pixel_match)
 
 
 def thumbnail(data: bytes) -> np.ndarray | None:
@@ -256,10 +259,33 @@ def align(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: fl
 
 
 def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float,
-                colour_max: float | None, verifier=None, log_aspect: np.ndarray | None = None) -> np.ndarray:
+                colour_max: float | None, verifier=None, log_aspect: np.ndarray | None = None,
+                rotations: tuple[float, ...] = ()) -> np.ndarray:
     """Per pair (thumbs[first[p]], thumbs[second[p]]): the aligned shape correlation (1.0 for identical
     pictures; a plain image matches nothing), or -1 where a test fails: the colour test (when `colour_max` is
-    set) or the copy verifier (a curate.dedup.copy_verifier.Verifier, when given). `log_aspect`: see `align`."""
+    set) or the copy verifier (a curate.dedup.copy_verifier.Verifier, when given). `log_aspect`: see `align`.
+    A pair that fails but comes within ROTATION_SLACK of `minimum` gets a second chance with `first` turned back
+    by each of `rotations` (degrees): a copy turned by a few degrees then lines up with its original better than
+    unturned, and only such a better alignment counts (the verifier is lenient with the smoothing a turn adds)."""
+    match, shape = _verdicts(thumbs, first, second, minimum, colour_max, verifier, log_aspect)
+    retry = np.flatnonzero((match < minimum) & (shape >= minimum - ROTATION_SLACK))
+    if not len(retry) or not rotations:
+        return match
+    log_aspect = np.full(len(thumbs), np.nan) if log_aspect is None else np.asarray(log_aspect)
+    partners, at = np.unique(second[retry], return_inverse=True)
+    for degrees in rotations:
+        turned = rotate(thumbs[first[retry]], log_aspect[first[retry]], degrees)
+        again, lined_up = _verdicts(np.concatenate([turned, thumbs[partners]]), np.arange(len(retry)),
+                                    len(retry) + at, minimum, colour_max, verifier,
+                                    np.concatenate([log_aspect[first[retry]], log_aspect[partners]]))
+        better = lined_up > shape[retry]  # turned back, a copy lines up better; a smoothed lookalike does not
+        match[retry[better]] = np.maximum(match[retry[better]], again[better])
+    return match
+
+
+def _verdicts(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float, colour_max: float | None,
+              verifier, log_aspect: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """`pixel_match` at the pictures' own angle, and each pair's aligned shape correlation (-2 far below `minimum`)."""
     close, sims, mine, other, cuts = align(thumbs, first, second, minimum, log_aspect)
     passed = sims >= minimum  # the cheap tests first; the verifier sees only what passed them
     if colour_max is not None:
@@ -272,6 +298,20 @@ def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minim
         for lo in range(0, len(ask), CHUNK_PAIRS):
             part = ask[lo:lo + CHUNK_PAIRS]
             passed[part] = torch.from_numpy(verifier.accepts(thumbs, mine[part], other[part], cuts[part]))
-    match = np.full(len(first), -1.0, np.float32)
+    match, shape = np.full(len(first), -1.0, np.float32), np.full(len(first), -2.0, np.float32)
     match[close] = torch.where(passed, sims, torch.full_like(sims, -1.0)).numpy()
-    return match
+    shape[close] = sims.numpy()
+    return match, shape
+
+
+def rotate(thumbs: np.ndarray, log_aspect: np.ndarray, degrees: float) -> np.ndarray:
+    """(n, s, s, 3) uint8 thumbnails of images turned by `degrees` (counter-clockwise) about their centre, in
+    the images' own proportions (log width/height; NaN: square), the corners filled from the nearest edge."""
+    x = torch.tensor(thumbs, dtype=torch.float32).permute(0, 3, 1, 2)
+    aspect = torch.from_numpy(np.exp(np.nan_to_num(np.asarray(log_aspect, np.float64)))).float()
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    theta = torch.zeros(len(thumbs), 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = c, -s / aspect, s * aspect, c
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()

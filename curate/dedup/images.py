@@ -53,7 +53,7 @@ class PixelCheck:
         if download_dir is None:
             raise ValueError("dedup.image_match_min needs the download stage's images (run inside a run directory)")
         self.store, self.minimum = ThumbnailStore(table, download_dir, spill_dir), cfg.image_match_min
-        self.colour_max = cfg.image_colour_max
+        self.colour_max, self.rotations = cfg.image_colour_max, tuple(cfg.image_rotations)
         self.verifier = None if cfg.image_verifier_min is None else Verifier(cfg.image_verifier_min)
         self.candidates = self.confirmed = 0
         self.matches: dict[tuple[int, int], float] = {}  # confirmed pair -> its aligned shape correlation
@@ -64,7 +64,8 @@ class PixelCheck:
             a, b = first[lo:lo + PAIRS_PER_READ], second[lo:lo + PAIRS_PER_READ]
             rows = np.unique(np.concatenate([a, b]))
             match = pixel_match(self.store.get(rows), np.searchsorted(rows, a), np.searchsorted(rows, b),
-                                self.minimum, self.colour_max, self.verifier, self.store.log_aspect[rows])
+                                self.minimum, self.colour_max, self.verifier, self.store.log_aspect[rows],
+                                self.rotations)
             hit = match >= self.minimum
             ok[lo:lo + PAIRS_PER_READ] = hit
             self.matches.update(zip(zip(a[hit].tolist(), b[hit].tolist()), match[hit].tolist()))

@@ -14,7 +14,8 @@ from curate.synthetic.copy_edits import EDITS
 from tests.conftest import ROOT
 
 
-DEMO_DEDUP = {"image_match_min": 0.75, "image_verifier_min": 0.99, "image_colour_max": 40.0}  # configs/demo.yaml
+DEMO_DEDUP = {"image_match_min": 0.75, "image_verifier_min": 0.99, "image_colour_max": 40.0,
+              "image_rotations": [4.0, -4.0]}  # configs/demo.yaml
 
 
 def demo_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -23,7 +24,7 @@ def demo_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.
     from curate.dedup.image_match import pixel_match
 
     return pixel_match(thumbs, first, second, DEMO_DEDUP["image_match_min"], DEMO_DEDUP["image_colour_max"],
-                       Verifier(DEMO_DEDUP["image_verifier_min"]))
+                       Verifier(DEMO_DEDUP["image_verifier_min"]), rotations=DEMO_DEDUP["image_rotations"])
 
 
 def _unit(v):
@@ -386,3 +387,22 @@ def test_dedup_quality_counts_pictures_lost_and_wrong_drops(tmp_path):
     assert out["recall"] == 0.5 and out["precision"] == pytest.approx(1 / 3, abs=1e-3)
     assert out["by_edit"]["crop"] == {"copies": 1, "paired": 1, "recall": 1.0}
     assert out["by_edit"]["blur"]["paired"] == 1  # c2 and o2 were dropped for the same kept row: paired, wrongly
+
+
+def test_pixel_match_turns_a_rotated_copy_back():
+    """A copy of a wide scene turned 6 degrees either way lines up with its original only once turned back (in the
+    image's own proportions, not its square thumbnail's); another scene does not, turned or not."""
+    from curate.dedup.image_match import pixel_match, rotate, thumbnail
+    from curate.synthetic.scenes import encode
+
+    size = (160, 96)
+    original, image = _scene_bytes(1, size)
+    turned = [encode(image.rotate(a, Image.Resampling.BICUBIC, fillcolor=image.getpixel((0, 0)))) for a in (6, -6)]
+    thumbs = np.stack([thumbnail(b) for b in (original, *turned, _scene_bytes(2, size)[0])])
+    pairs, log_aspect = (np.array([1, 2, 3]), np.array([0, 0, 0])), np.full(4, np.log(size[0] / size[1]))
+    plain = pixel_match(thumbs, *pairs, 0.9, 40.0, log_aspect=log_aspect)
+    rotated = pixel_match(thumbs, *pairs, 0.9, 40.0, log_aspect=log_aspect, rotations=(4.0, -4.0))
+    assert (plain[:2] < 0.9).all() and (rotated[:2] >= 0.9).all(), (plain, rotated)
+    assert plain[2] < 0.9 and rotated[2] < 0.9
+    back = rotate(thumbs[1:2], log_aspect[:1], -6.0)[0].astype(int)
+    assert np.abs(back - thumbs[0]).mean() < 0.5 * np.abs(thumbs[1].astype(int) - thumbs[0]).mean()
