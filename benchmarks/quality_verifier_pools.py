@@ -11,7 +11,7 @@ decision (curate.dedup.pictures.decide, rows preferred by the keep score) and `q
 the colour guard, as in the stage, and the pool is one partition (the runs of `configs/dedup/*.yaml` and the demo
 are), so the figures are the stage's own (the same on the emoji and demo pools, within 2 pictures on the icons pool,
 where batches of other sizes move a few probabilities at the bar) when the run's dedup turns no pair back
-(`dedup.image_rotations: []`); with the default rotations the stage finds some rotated copies these figures miss
+(`dedup.image_rotations: []`, the default); with rotations set the stage finds some rotated copies these figures miss
 (pairs are judged at their own angle here). About 70 s a weights file for the three pools
 here once the pairs are kept, against 17 min for a dedup run of the icons pool. `ratio`: quality_dedup's headline
 (the smallest of recall, precision and 1 - 5 x the lost share over the pools) of the first weights at the first

@@ -53,8 +53,9 @@ class DedupConfig(BaseModel):
         40.0, gt=0, le=255, description="... and no 4 x 4 cell's mean colour more than this many levels apart "
         "after one brightness factor: a coarse guard beside the verifier; null = off")
     image_rotations: list[float] = Field(
-        [4.0, -4.0], description="a pair that fails the pixel check by a little is tried again with one image turned "
-        "back by each of these angles (degrees): copies turned by up to about twice the largest are found; [] = off")
+        [], description="a pair that fails the pixel check by a little is tried again with one image turned back by "
+        "each of these angles (degrees), e.g. [4, -4]: copies turned 2-6 degrees are found, at a cost in time and in a "
+        "few pictures lost (README, the dedup options' costs); [] = off")
     copy_search_k: int = Field(
         5, ge=0, le=100, description="also propose each row's k nearest images by their own pixels (8 px "
         "thumbnails, 25 windows of each row: off-centre crops found too) for the pixel check: finds copies a "

@@ -14,8 +14,7 @@ from curate.synthetic.copy_edits import EDITS
 from tests.conftest import ROOT
 
 
-DEMO_DEDUP = {"image_match_min": 0.75, "image_verifier_min": 0.99, "image_colour_max": 40.0,
-              "image_rotations": [4.0, -4.0]}  # configs/demo.yaml
+DEMO_DEDUP = {"image_match_min": 0.75, "image_verifier_min": 0.99, "image_colour_max": 40.0}  # configs/demo.yaml
 
 
 def demo_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -24,7 +23,7 @@ def demo_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.
     from curate.dedup.image_match import pixel_match
 
     return pixel_match(thumbs, first, second, DEMO_DEDUP["image_match_min"], DEMO_DEDUP["image_colour_max"],
-                       Verifier(DEMO_DEDUP["image_verifier_min"]), rotations=DEMO_DEDUP["image_rotations"])
+                       Verifier(DEMO_DEDUP["image_verifier_min"]))
 
 
 def _unit(v):

@@ -9,8 +9,7 @@ from pipelines.cli import main
 
 SMALL_POOL = ["--runner", "local", "--set", "synth.n=240", "--set", "synth.hang_s=2", "--set", "download.timeout_s=1",
               "--set", "download.rows_per_part=120", "--set", "stages=[synth,download,score,dedup]",
-              "--set", "score.scorers=[{name: clip, model: tiny-vit-32}]", "--set", "synth.noise.near_duplicate=0.2",
-              "--set", "dedup.image_rotations=[]"]  # the pools tool judges pairs at their own angle
+              "--set", "score.scorers=[{name: clip, model: tiny-vit-32}]", "--set", "synth.noise.near_duplicate=0.2"]
 
 
 def test_the_pools_figures_are_the_stages_own(tmp_path, monkeypatch, capsys):
