@@ -268,8 +268,8 @@ def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minim
     by each of `rotations` (degrees): a copy turned by a few degrees then lines up with its original better than
     unturned, and only such a better alignment counts (the verifier is lenient with the smoothing a turn adds)."""
     match, shape = _verdicts(thumbs, first, second, minimum, colour_max, verifier, log_aspect)
-    retry = np.flatnonzero((match < minimum) & (shape >= minimum - ROTATION_SLACK))
-    if not len(retry) or not rotations:
+    retry = np.flatnonzero((match < minimum) & (shape >= minimum - ROTATION_SLACK)) if rotations else []
+    if not len(retry):
         return match
     log_aspect = np.full(len(thumbs), np.nan) if log_aspect is None else np.asarray(log_aspect)
     partners, at = np.unique(second[retry], return_inverse=True)
