@@ -10,10 +10,13 @@ decision (curate.dedup.pictures.decide, rows preferred by the keep score) and `q
 (recall, pictures lost, precision, recall by edit). The verifier is asked about the pairs past the shape bar and
 the colour guard, as in the stage, and the pool is one partition (the runs of `configs/dedup/*.yaml` and the demo
 are), so the figures are the stage's own (the same on the emoji and demo pools, within 2 pictures on the icons pool,
-where batches of other sizes move a few probabilities at the bar) when the run's dedup turns no pair back
-(`dedup.image_rotations: []`, the default); with rotations set the stage finds some rotated copies these figures miss
-(pairs are judged at their own angle here). About 70 s a weights file for the three pools
-here once the pairs are kept, against 17 min for a dedup run of the icons pool. `ratio`: quality_dedup's headline
+where batches of other sizes move a few probabilities at the bar). With `--rotations` (default the run's
+`dedup.image_rotations`) the pairs that fail come back turned, as in the stage's `pixel_match`: the pairs within
+ROTATION_SLACK of the shape bar are aligned again with the first image turned by each angle and its opposite (kept
+too), and a turned pair counts where it passes every test and `image_match.turn_counts` (`--rotation-mirror`: its
+share; the stage's ROTATION_MIRROR by default). About 70 s a weights file for the three pools
+here once the pairs are kept, against 17 min for a dedup run of the icons pool; turns `[4, -4]` add the verifier on
+the turned pairs (12 min for the three pools). `ratio`: quality_dedup's headline
 (the smallest of recall, precision and 1 - 5 x the lost share over the pools) of the first weights at the first
 bar.
 """
@@ -61,12 +64,8 @@ def load_rows(run: Path, cfg):
 
 def aligned_candidates(store, table, cfg) -> dict:
     """Every candidate pair of the image task, aligned once: first, second, their similarity (SemDeDup's cosine,
-    1 for identical embeddings), the shape correlation (-2 below the coarse slack), the colour gap, and the
-    alignment (mine, other, cuts)."""
-    import torch
-
+    1 for identical embeddings) and `aligned_pairs`' values."""
     from curate.dedup.copy_search import copy_candidates
-    from curate.dedup.image_match import CHUNK_PAIRS, align, colour_gap, resample
     from curate.dedup.semdedup import embedding_matrix, near_duplicate_images
 
     vectors = embedding_matrix(table.column("image_embedding"))
@@ -79,10 +78,20 @@ def aligned_candidates(store, table, cfg) -> dict:
     at = np.searchsorted(first * n + second, [i * n + j for i, j, _ in semdedup]).astype(np.int64)
     cosine[at] = [sim for _, _, sim in semdedup]
     thumbs = store.get(np.arange(n))
-    close, sims, mine, other, cuts = align(thumbs, first, second, cfg.image_match_min, store.log_aspect)
+    return aligned_pairs(thumbs, first, second, store.log_aspect, cfg.image_match_min) | {"cosine": cosine}
+
+
+def aligned_pairs(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, log_aspect, minimum: float) -> dict:
+    """Each pair (thumbs[first[p]], thumbs[second[p]]) aligned as the stage does: the shape correlation (-2 below
+    the coarse slack), the colour gap, and the alignment (mine, other, cuts)."""
+    import torch
+
+    from curate.dedup.image_match import CHUNK_PAIRS, align, colour_gap, resample
+
+    close, sims, mine, other, cuts = align(thumbs, first, second, minimum, log_aspect)
     out = {"first": first, "second": second, "shape": np.full(len(first), -2.0, np.float32),
            "colour": np.full(len(first), np.inf, np.float32), "mine": np.full(len(first), -1),
-           "other": np.full(len(first), -1), "cuts": np.zeros((len(first), 4), np.float32), "cosine": cosine}
+           "other": np.full(len(first), -1), "cuts": np.zeros((len(first), 4), np.float32)}
     rgb32 = resample(torch.from_numpy(np.ascontiguousarray(thumbs)).float().permute(0, 3, 1, 2), 32)
     gaps = [colour_gap(rgb32, mine[lo:lo + CHUNK_PAIRS], other[lo:lo + CHUNK_PAIRS], cuts[lo:lo + CHUNK_PAIRS])
             for lo in range(0, len(close), CHUNK_PAIRS)]
@@ -98,11 +107,59 @@ def cached_candidates(run: Path, store, table, cfg) -> dict:
                          + cfg.model_dump_json().encode()).hexdigest()[:16]
     path = run / "dedup" / f"verifier_pairs-{key}.npz"
     if path.exists():
-        return dict(np.load(path))
+        return dict(np.load(path)) | {"key": key}
     values = aligned_candidates(store, table, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **values)
+    return values | {"key": key}
+
+
+def turned_candidates(run: Path, thumbs: np.ndarray, log_aspect: np.ndarray, pairs: dict, cfg,
+                      degrees: float) -> dict:
+    """The candidate pairs a turn could rescue (`index`: shape within ROTATION_SLACK of the bar) aligned again with
+    the first image turned back by `degrees`: `aligned_pairs`' values, where mine and other index
+    `turned_thumbs(..., rows)`. Kept beside the unturned pairs."""
+    from curate.dedup.image_match import ROTATION_SLACK
+
+    path = run / "dedup" / f"verifier_pairs-{pairs['key']}-turned{degrees:g}.npz"
+    if path.exists():
+        return dict(np.load(path))
+    index = np.flatnonzero(pairs["shape"] >= cfg.image_match_min - ROTATION_SLACK)
+    rows = np.unique(pairs["first"][index])
+    first, second = np.searchsorted(rows, pairs["first"][index]), len(rows) + pairs["second"][index]
+    turned = turned_thumbs(thumbs, log_aspect, rows, degrees)
+    values = aligned_pairs(turned, first, second, np.concatenate([log_aspect[rows], log_aspect]),
+                           cfg.image_match_min) | {"index": index, "rows": rows}
+    np.savez(path, **values)
     return values
+
+
+def turned_thumbs(thumbs: np.ndarray, log_aspect: np.ndarray, rows: np.ndarray, degrees: float) -> np.ndarray:
+    """`rows`' thumbnails turned by `degrees`, then every thumbnail unturned: what turned pairs index."""
+    from curate.dedup.image_match import rotate
+
+    return np.concatenate([rotate(thumbs[rows], log_aspect[rows], degrees), thumbs])
+
+
+def link_strengths(pairs: dict, prob: np.ndarray, turned: dict, cfg, guard: float, bar: float,
+                   rotations: tuple[float, ...], share: float) -> np.ndarray:
+    """Per candidate pair, as the stage's `pixel_match`: the aligned shape where it passes every test, else the
+    best shape of the turns (`turned[degrees]` = (pairs, probabilities)) that pass and count
+    (`image_match.turn_counts` with `share`); -inf where nothing passes."""
+    from curate.dedup.image_match import turn_counts
+
+    def passing(d: dict, p: np.ndarray) -> np.ndarray:
+        return (d["shape"] >= cfg.image_match_min) & (d["colour"] <= guard) & (p >= bar)
+
+    strength = np.where(passing(pairs, prob), pairs["shape"], -np.inf).astype(np.float32)
+    failed = ~np.isfinite(strength)
+    for degrees in rotations:
+        (t, p), mirror = turned[degrees], turned[-degrees][0]["shape"]
+        rescued = (passing(t, p) & turn_counts(pairs["shape"][t["index"]], t["shape"], mirror, share)
+                   & failed[t["index"]])
+        at = t["index"][rescued]
+        strength[at] = np.maximum(strength[at], t["shape"][rescued])
+    return strength
 
 
 def verifier_probabilities(thumbs: np.ndarray, pairs: dict, weights: Path, asked: np.ndarray) -> np.ndarray:
@@ -131,15 +188,16 @@ def ground_truth(run: Path):
     return pool, picture_ids(pool, pairs_root(run))
 
 
-def pool_figures(truth, table, keep: str | None, pairs: dict, accepted: np.ndarray) -> dict:
+def pool_figures(truth, table, keep: str | None, pairs: dict, strength: np.ndarray) -> dict:
+    """quality_dedup's figures of dedup's decision on the links that passed (finite `strength`)."""
     from curate.dedup.pictures import Links, decide
     from curate.synthetic.quality import decisions_quality
 
     uid = table.column("uid").to_pylist()
     preference = (np.nan_to_num(table.column(keep).to_numpy(zero_copy_only=False).astype(float), nan=-np.inf)
                   if keep else np.zeros(len(uid)))
-    links = Links(pairs["first"][accepted], pairs["second"][accepted], pairs["cosine"][accepted],
-                  pairs["shape"][accepted])
+    accepted = np.isfinite(strength)
+    links = Links(pairs["first"][accepted], pairs["second"][accepted], pairs["cosine"][accepted], strength[accepted])
     d = decide(table.column("sha256").to_pylist(), table.column("caption_hash").to_pylist(), links,
                np.lexsort((np.array(uid), -preference)))
     dup = {u: {"uid": u, "dup_keep": bool(d.kept_for[k] == k), "dup_reason": d.reason[k],
@@ -149,6 +207,11 @@ def pool_figures(truth, table, keep: str | None, pairs: dict, accepted: np.ndarr
                               "precision")} | {"recall_by_edit": {e: c["recall"] for e, c in q["by_edit"].items()}}
 
 
+def angles(text: str) -> tuple[float, ...]:
+    """'4,-4' -> (4.0, -4.0); '' -> () (no turns)."""
+    return tuple(float(a) for a in text.split(",") if a.strip())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, action="append", required=True, help="a finished pool run (repeat)")
@@ -156,10 +219,16 @@ def main() -> None:
     parser.add_argument("--bar", type=float, action="append", help="verifier bars (repeat; default the run's)")
     parser.add_argument("--colour-max", type=float, action="append",
                         help="colour guards, levels (repeat; default the run's dedup.image_colour_max)")
+    parser.add_argument("--rotations", type=angles, action="append",
+                        help="angles a failing pair is turned back by, e.g. 4,-4 or '' for none (repeat; default "
+                             "the run's dedup.image_rotations)")
+    parser.add_argument("--rotation-mirror", type=float, action="append",
+                        help="a turn counts where its mismatch is at most this share of the opposite turn's "
+                             "(repeat; default the stage's ROTATION_MIRROR)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from curate.dedup import VERIFIER_WEIGHTS
-    from curate.dedup.image_match import ThumbnailStore
+    from curate.dedup.image_match import ROTATION_MIRROR, ThumbnailStore
 
     weights = args.weights or [VERIFIER_WEIGHTS]
     results: dict[str, dict] = {}
@@ -170,15 +239,25 @@ def main() -> None:
         pairs = cached_candidates(run, store, table, cfg)
         thumbs, truth = store.get(np.arange(table.num_rows)), ground_truth(run)
         guards = args.colour_max or [cfg.image_colour_max if cfg.image_colour_max is not None else np.inf]
-        shaped = pairs["shape"] >= cfg.image_match_min
-        for w in weights:
-            prob = verifier_probabilities(thumbs, pairs, w, shaped & (pairs["colour"] <= max(guards)))
-            for guard in guards:  # as the stage: the verifier decides the pairs past shape and colour
-                passed = shaped & (pairs["colour"] <= guard)
+        turn_sets = args.rotations or [tuple(cfg.image_rotations)]
+        turned = {deg: turned_candidates(run, thumbs, store.log_aspect, pairs, cfg, deg)
+                  for deg in sorted({s * deg for turns in turn_sets for deg in turns for s in (1, -1)})}
+        for w in weights:  # as the stage: the verifier decides the pairs past shape and colour
+            prob = verifier_probabilities(thumbs, pairs, w, (pairs["shape"] >= cfg.image_match_min)
+                                          & (pairs["colour"] <= max(guards)))
+            turned_prob = {deg: (t, verifier_probabilities(
+                turned_thumbs(thumbs, store.log_aspect, t["rows"], deg), t, w,
+                (t["shape"] >= cfg.image_match_min) & (t["colour"] <= max(guards)))) for deg, t in turned.items()}
+            for guard in guards:
                 for bar in args.bar or [cfg.image_verifier_min or 0.0]:  # 0: the run has no verifier
-                    figures = pool_figures(truth, table, keep, pairs, passed & (prob >= bar))
-                    name = f"{w.name} @ {bar}" + (f" colour {guard}" if args.colour_max else "")
-                    results.setdefault(name, {})[run.name] = figures
+                    for turns in turn_sets:
+                        for share in args.rotation_mirror or [ROTATION_MIRROR]:
+                            strength = link_strengths(pairs, prob, turned_prob, cfg, guard, bar, turns, share)
+                            name = (f"{w.name} @ {bar}" + (f" colour {guard}" if args.colour_max else "")
+                                    + (f" turned {list(turns)}" if args.rotations else "")
+                                    + (f" mirror {share}" if args.rotation_mirror else ""))
+                            results.setdefault(name, {})[run.name] = pool_figures(truth, table, keep, pairs,
+                                                                                  strength)
     headline = {name: round(min(min(q["recall"], q["precision"], 1 - 5 * q["pictures_lost_share"])
                                 for q in pools.values()), 4) for name, pools in results.items()}
     emit({"ratio": next(iter(headline.values())), "headline": headline, "results": results}, args.out,

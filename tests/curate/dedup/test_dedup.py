@@ -388,6 +388,18 @@ def test_dedup_quality_counts_pictures_lost_and_wrong_drops(tmp_path):
     assert out["by_edit"]["blur"]["paired"] == 1  # c2 and o2 were dropped for the same kept row: paired, wrongly
 
 
+def test_a_turn_counts_only_where_it_lines_up_one_way_round():
+    """A turned copy lines up better turned back than unturned, and clearly better than turned the wrong way; a
+    lookalike that a turn's smoothing brings closer comes as close either way round."""
+    from curate.dedup.image_match import turn_counts
+
+    unturned = np.array([0.80, 0.80, 0.80, 0.95])
+    turned = np.array([0.97, 0.90, 0.97, 0.94])
+    mirror = np.array([0.70, 0.89, 0.98, 0.50])
+    assert turn_counts(unturned, turned, mirror, share=0.75).tolist() == [True, False, False, False]
+    assert turn_counts(unturned, turned, mirror, share=1.0).tolist() == [True, True, False, False]
+
+
 def test_pixel_match_turns_a_rotated_copy_back():
     """A copy of a wide scene turned 6 degrees either way lines up with its original only once turned back (in the
     image's own proportions, not its square thumbnail's); another scene does not, turned or not."""

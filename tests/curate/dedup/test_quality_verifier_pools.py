@@ -9,7 +9,8 @@ from pipelines.cli import main
 
 SMALL_POOL = ["--runner", "local", "--set", "synth.n=240", "--set", "synth.hang_s=2", "--set", "download.timeout_s=1",
               "--set", "download.rows_per_part=120", "--set", "stages=[synth,download,score,dedup]",
-              "--set", "score.scorers=[{name: clip, model: tiny-vit-32}]", "--set", "synth.noise.near_duplicate=0.2"]
+              "--set", "score.scorers=[{name: clip, model: tiny-vit-32}]", "--set", "synth.noise.near_duplicate=0.2",
+              "--set", "dedup.image_rotations=[4,-4]"]
 
 
 def test_the_pools_figures_are_the_stages_own(tmp_path, monkeypatch, capsys):
@@ -30,6 +31,16 @@ def test_the_pools_figures_are_the_stages_own(tmp_path, monkeypatch, capsys):
     looser = line["results"]["copy_verifier.pt @ 0.5"]["run"]
     assert looser["recall"] >= ours["recall"]  # a looser bar drops no fewer copies
     assert list((run / "dedup").glob("verifier_pairs-*.npz"))  # the aligned pairs are kept for the next weights
+    assert list((run / "dedup").glob("verifier_pairs-*-turned-4.npz"))  # and the turned ones
+
+    monkeypatch.setattr(sys, "argv", ["quality_verifier_pools.py", "--run", str(run), "--rotations", "4,-4",
+                                      "--rotations", "", "--rotation-mirror", "0.75", "--rotation-mirror", "0.2"])
+    quality_verifier_pools.main()
+    turns = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    turned, strict, unturned = (turns[f"copy_verifier.pt @ 0.99 turned {t} mirror {share}"]["run"]
+                                for t, share in (("[4.0, -4.0]", 0.75), ("[4.0, -4.0]", 0.2), ("[]", 0.75)))
+    assert turned == ours  # the run's own turns and the stage's share: the stage's figures again
+    assert unturned["recall"] <= strict["recall"] <= turned["recall"]  # turns only add links; a smaller share fewer
 
     monkeypatch.setattr(sys, "argv", ["quality_verifier_pools.py", "--run", str(run), "--bar", "0.99",
                                       "--colour-max", "10", "--colour-max", "255"])
