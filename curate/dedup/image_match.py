@@ -55,6 +55,7 @@ GRAY_CHROMA = 6.0  # RMS chroma (levels) under which an image counts as grayscal
 CHUNK_ROWS = 512
 CHUNK_PAIRS = 4096  # pairs per batch of the colour test and the verifier (bounded memory)
 ROTATION_SLACK = 0.15  # pairs that fail within this of the shape bar are tried again turned back (pixel_match)
+DIRECTION_TIE = 1e-4  # the second direction wins only by more than this: float noise must not pick it (align)
 ROTATION_MIRROR = 0.75  # a turn's mismatch (1 - shape) must be at most this share of the opposite turn's
 
 
@@ -235,8 +236,9 @@ def align(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: fl
     """Each pair (thumbs[first[p]], thumbs[second[p]]) aligned: for the pairs whose coarse correlation comes within
     COARSE_SLACK of `minimum`, their indices, the refined shape correlation, which image's window (`mine`) is
     matched against the whole of which (`other`), and the window's cuts (top, bottom, left, right shares). The
-    direction is the one of higher coarse correlation; a tie (both windows whole, often) goes to `first`'s window,
-    so there the pair's order can change the verdict (ways to make it symmetric measured worse: BENCHMARKS.md).
+    direction is the one of higher coarse correlation; a tie (both windows whole, often; within DIRECTION_TIE, so
+    that the batch a pair is aligned in cannot break it) goes to `first`'s window, so there the pair's order can
+    change the verdict (ways to make it symmetric measured worse: BENCHMARKS.md).
     `log_aspect` (log width/height of each thumbnail's image, NaN unknown) keeps windows to the other's shape."""
     rgb = torch.from_numpy(np.ascontiguousarray(thumbs)).float().permute(0, 3, 1, 2)
     lum32 = luma(resample(rgb, 32), 1)
@@ -245,7 +247,7 @@ def align(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: fl
     best, window, flipped = torch.full((len(first),), -2.0), torch.zeros(len(first), dtype=torch.long), None
     for side, (mine, other) in enumerate(((first, second), (second, first))):
         sim, win = _coarse(lum16, mine, other, log_aspect)
-        better = sim > best
+        better = sim > best + (DIRECTION_TIE if side else 0.0)
         best, window = torch.where(better, sim, best), torch.where(better, win, window)
         flipped = better if side else torch.zeros_like(better)
     close = torch.nonzero(best >= minimum - COARSE_SLACK).flatten()
