@@ -247,7 +247,8 @@ def main() -> None:
                                           & (pairs["colour"] <= max(guards)))
             turned_prob = {deg: (t, verifier_probabilities(
                 turned_thumbs(thumbs, store.log_aspect, t["rows"], deg), t, w,
-                (t["shape"] >= cfg.image_match_min) & (t["colour"] <= max(guards)))) for deg, t in turned.items()}
+                (t["shape"] >= cfg.image_match_min) & (t["colour"] <= max(guards))
+                & (t["shape"] > pairs["shape"][t["index"]]))) for deg, t in turned.items()}  # turn_counts needs it
             for guard in guards:
                 for bar in args.bar or [cfg.image_verifier_min or 0.0]:  # 0: the run has no verifier
                     for turns in turn_sets:
