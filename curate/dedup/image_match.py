@@ -271,7 +271,9 @@ def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minim
     set) or the copy verifier (a curate.dedup.copy_verifier.Verifier, when given). `log_aspect`: see `align`.
     A pair that fails but comes within ROTATION_SLACK of `minimum` gets a second chance with `first` turned back
     by each of `rotations` (degrees), where the turn counts (`turn_counts`, against the turn by minus that angle)."""
-    match, shape = _verdicts(thumbs, first, second, minimum, colour_max, verifier, log_aspect)
+    aligned = align(thumbs, first, second, minimum, log_aspect)
+    shape = _shapes(aligned, len(first))
+    match = _verdicts(thumbs, aligned, len(first), minimum, colour_max, verifier)
     retry = np.flatnonzero((match < minimum) & (shape >= minimum - ROTATION_SLACK)) if rotations else []
     if not len(retry):
         return match
@@ -279,13 +281,14 @@ def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minim
     partners, at = np.unique(second[retry], return_inverse=True)
     turned = {}
     for degrees in dict.fromkeys([*rotations, *(-d for d in rotations)]):
-        rows = rotate(thumbs[first[retry]], log_aspect[first[retry]], degrees)
-        turned[degrees] = _verdicts(np.concatenate([rows, thumbs[partners]]), np.arange(len(retry)),
-                                    len(retry) + at, minimum, colour_max, verifier,
-                                    np.concatenate([log_aspect[first[retry]], log_aspect[partners]]))
-    for degrees in rotations:
-        (again, lined_up), (_, mirror) = turned[degrees], turned[-degrees]
-        counts = turn_counts(shape[retry], lined_up, mirror)
+        rows = np.concatenate([rotate(thumbs[first[retry]], log_aspect[first[retry]], degrees), thumbs[partners]])
+        lined_up = align(rows, np.arange(len(retry)), len(retry) + at, minimum,
+                         np.concatenate([log_aspect[first[retry]], log_aspect[partners]]))
+        turned[degrees] = rows, lined_up, _shapes(lined_up, len(retry))
+    for degrees in rotations:  # the colour test and the verifier only where the turn counts
+        rows, lined_up, turned_shape = turned[degrees]
+        counts = turn_counts(shape[retry], turned_shape, turned[-degrees][2])
+        again = _verdicts(rows, lined_up, len(retry), minimum, colour_max, verifier, counts)
         match[retry[counts]] = np.maximum(match[retry[counts]], again[counts])
     return match
 
@@ -300,11 +303,22 @@ def turn_counts(unturned: np.ndarray, turned: np.ndarray, mirror: np.ndarray,
     return (turned > unturned) & (1 - turned <= share * (1 - mirror))
 
 
-def _verdicts(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float, colour_max: float | None,
-              verifier, log_aspect: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """`pixel_match` at the pictures' own angle, and each pair's aligned shape correlation (-2 far below `minimum`)."""
-    close, sims, mine, other, cuts = align(thumbs, first, second, minimum, log_aspect)
+def _shapes(aligned, n: int) -> np.ndarray:
+    """Each pair's aligned shape correlation from `align`'s values, -2 where it was let go far below the bar."""
+    close, sims = aligned[:2]
+    shape = np.full(n, -2.0, np.float32)
+    shape[close] = sims.numpy()
+    return shape
+
+
+def _verdicts(thumbs: np.ndarray, aligned, n: int, minimum: float, colour_max: float | None, verifier,
+              eligible: np.ndarray | None = None) -> np.ndarray:
+    """`pixel_match` of n aligned pairs (`align`'s values) at their own angle: the shape correlation where every
+    test passes, else -1; only the `eligible` pairs (all by default) are tested."""
+    close, sims, mine, other, cuts = aligned
     passed = sims >= minimum  # the cheap tests first; the verifier sees only what passed them
+    if eligible is not None:
+        passed &= torch.from_numpy(np.asarray(eligible)[close])
     if colour_max is not None:
         rgb32 = resample(torch.from_numpy(np.ascontiguousarray(thumbs)).float().permute(0, 3, 1, 2), 32)
         for lo in range(0, len(close), CHUNK_PAIRS):
@@ -315,10 +329,9 @@ def _verdicts(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum
         for lo in range(0, len(ask), CHUNK_PAIRS):
             part = ask[lo:lo + CHUNK_PAIRS]
             passed[part] = torch.from_numpy(verifier.accepts(thumbs, mine[part], other[part], cuts[part]))
-    match, shape = np.full(len(first), -1.0, np.float32), np.full(len(first), -2.0, np.float32)
+    match = np.full(n, -1.0, np.float32)
     match[close] = torch.where(passed, sims, torch.full_like(sims, -1.0)).numpy()
-    shape[close] = sims.numpy()
-    return match, shape
+    return match
 
 
 def rotate(thumbs: np.ndarray, log_aspect: np.ndarray, degrees: float) -> np.ndarray:
