@@ -321,9 +321,10 @@ def _verdicts(thumbs: np.ndarray, aligned, n: int, minimum: float, colour_max: f
         passed &= torch.from_numpy(np.asarray(eligible)[close])
     if colour_max is not None:
         rgb32 = resample(torch.from_numpy(np.ascontiguousarray(thumbs)).float().permute(0, 3, 1, 2), 32)
-        for lo in range(0, len(close), CHUNK_PAIRS):
-            part = slice(lo, lo + CHUNK_PAIRS)
-            passed[part] &= colour_gap(rgb32, mine[part], other[part], cuts[part]) <= colour_max
+        ask = torch.nonzero(passed).flatten()
+        for lo in range(0, len(ask), CHUNK_PAIRS):
+            part = ask[lo:lo + CHUNK_PAIRS]
+            passed[part] = colour_gap(rgb32, mine[part], other[part], cuts[part]) <= colour_max
     if verifier is not None:
         ask = torch.nonzero(passed).flatten()
         for lo in range(0, len(ask), CHUNK_PAIRS):
