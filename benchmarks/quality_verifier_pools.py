@@ -8,17 +8,18 @@ Per run, once (kept in `<run>/dedup/verifier_pairs-<key>.npz`): the candidate pa
 their shape correlation and colour gap. Then per weights and bar: the verifier's verdicts, dedup's keep/drop
 decision (curate.dedup.pictures.decide, rows preferred by the keep score) and `quality_dedup.py`'s figures per pool
 (recall, pictures lost, precision, recall by edit). The verifier is asked about the pairs past the shape bar and
-the colour guard, as in the stage, and the pool is one partition (the runs of `configs/dedup/*.yaml` and the demo
-are), so the figures are the stage's own (the same on the emoji and demo pools, within 2 pictures on the icons pool,
-where batches of other sizes move a few probabilities at the bar). With `--rotations` (default the run's
-`dedup.image_rotations`) the pairs that fail come back turned, as in the stage's `pixel_match`: the pairs within
-ROTATION_SLACK of the shape bar are aligned again with the first image turned by each angle and its opposite (kept
-too), and a turned pair counts where it passes every test and `image_match.turn_counts` (`--rotation-mirror`: its
-share; the stage's ROTATION_MIRROR by default). About 70 s a weights file for the three pools
-here once the pairs are kept, against 17 min for a dedup run of the icons pool; turns `[4, -4]` add the verifier on
-the turned pairs (12 min for the three pools). `ratio`: quality_dedup's headline
-(the smallest of recall, precision and 1 - 5 x the lost share over the pools) of the first weights at the first
-bar.
+the colour guard, as in the stage (pairs of one rare size, `dedup.image_rare_size_rows`, held to the lower of the
+bar and curate.dedup.rare_sizes.RARE_SIZE_VERIFIER_MIN), and the pool is one partition (the runs of
+`configs/dedup/*.yaml` and the demo are), so the figures are the stage's own (the same on the emoji and demo
+pools, within 2 pictures on the icons pool, where batches of other sizes move a few probabilities at the bar).
+With `--rotations` (default the run's `dedup.image_rotations`) the pairs that fail come back turned, as in the
+stage's `pixel_match`: the pairs within ROTATION_SLACK of the shape bar are aligned again with the first image
+turned by each angle and its opposite (kept too), and a turned pair counts where it passes every test and
+`image_match.turn_counts` (`--rotation-mirror`: its share; the stage's ROTATION_MIRROR by default). About 70 s a
+weights file for the three pools here once the pairs are kept, against 17 min for a dedup run of the icons pool;
+turns `[4, -4]` add the verifier on the turned pairs (12 min for the three pools). `ratio`: quality_dedup's
+headline (the smallest of recall, precision and 1 - 5 x the lost share over the pools) of the first weights at the
+first bar.
 """
 from __future__ import annotations
 
@@ -141,21 +142,39 @@ def turned_thumbs(thumbs: np.ndarray, log_aspect: np.ndarray, rows: np.ndarray, 
     return np.concatenate([rotate(thumbs[rows], log_aspect[rows], degrees), thumbs])
 
 
-def link_strengths(pairs: dict, prob: np.ndarray, turned: dict, cfg, guard: float, bar: float,
-                   rotations: tuple[float, ...], share: float) -> np.ndarray:
-    """Per candidate pair, as the stage's `pixel_match`: the aligned shape where it passes every test, else the
-    best shape of the turns (`turned[degrees]` = (pairs, probabilities)) that pass and count
-    (`image_match.turn_counts` with `share`); -inf where nothing passes."""
-    from curate.dedup.image_match import turn_counts
+def lenient_pairs(table, store, pairs: dict, cfg) -> np.ndarray:
+    """Per candidate pair, as the stage: of one rare size (curate.dedup.rare_sizes), counted over the run's scored
+    rows, with no third picture of that size like either (curate.dedup.images.SameRareSize)."""
+    from curate.dedup.images import SameRareSize
+    from curate.dedup.rare_sizes import rare_sizes, size_keys
 
-    def passing(d: dict, p: np.ndarray) -> np.ndarray:
-        return (d["shape"] >= cfg.image_match_min) & (d["colour"] <= guard) & (p >= bar)
+    if not cfg.image_rare_size_rows:
+        return np.zeros(len(pairs["first"]), bool)
+    keys = size_keys(table)
+    rare = rare_sizes([np.unique(keys[keys >= 0], return_counts=True)], cfg.image_rare_size_rows)
+    same_size = SameRareSize(table, store, rare, cfg.image_match_min, cfg.image_colour_max)
+    return same_size.lenient(pairs["first"], pairs["second"])
+
+
+def link_strengths(pairs: dict, prob: np.ndarray, turned: dict, cfg, guard: float, bar: float,
+                   rotations: tuple[float, ...], share: float, lenient: np.ndarray) -> np.ndarray:
+    """Per candidate pair, as the stage's `pixel_match`: the aligned shape where it passes every test (the
+    `lenient` pairs: the verifier at RARE_SIZE_VERIFIER_MIN or `bar`, the lower), else the best shape of the turns
+    (`turned[degrees]` = (pairs, probabilities)) that pass and count (`image_match.turn_counts` with `share`);
+    -inf where nothing passes."""
+    from curate.dedup.image_match import turn_counts
+    from curate.dedup.rare_sizes import RARE_SIZE_VERIFIER_MIN
+
+    bars = np.where(lenient, min(RARE_SIZE_VERIFIER_MIN, bar), bar)
+
+    def passing(d: dict, p: np.ndarray, at=slice(None)) -> np.ndarray:
+        return (d["shape"] >= cfg.image_match_min) & (d["colour"] <= guard) & (p >= bars[at])
 
     strength = np.where(passing(pairs, prob), pairs["shape"], -np.inf).astype(np.float32)
     failed = ~np.isfinite(strength)
     for degrees in rotations:
         (t, p), mirror = turned[degrees], turned[-degrees][0]["shape"]
-        rescued = (passing(t, p) & turn_counts(pairs["shape"][t["index"]], t["shape"], mirror, share)
+        rescued = (passing(t, p, t["index"]) & turn_counts(pairs["shape"][t["index"]], t["shape"], mirror, share)
                    & failed[t["index"]])
         at = t["index"][rescued]
         strength[at] = np.maximum(strength[at], t["shape"][rescued])
@@ -238,6 +257,7 @@ def main() -> None:
         store = ThumbnailStore(table, run / "download")
         pairs = cached_candidates(run, store, table, cfg)
         thumbs, truth = store.get(np.arange(table.num_rows)), ground_truth(run)
+        lenient = lenient_pairs(table, store, pairs, cfg)
         guards = args.colour_max or [cfg.image_colour_max if cfg.image_colour_max is not None else np.inf]
         turn_sets = args.rotations or [tuple(cfg.image_rotations)]
         turned = {deg: turned_candidates(run, thumbs, store.log_aspect, pairs, cfg, deg)
@@ -253,7 +273,8 @@ def main() -> None:
                 for bar in args.bar or [cfg.image_verifier_min or 0.0]:  # 0: the run has no verifier
                     for turns in turn_sets:
                         for share in args.rotation_mirror or [ROTATION_MIRROR]:
-                            strength = link_strengths(pairs, prob, turned_prob, cfg, guard, bar, turns, share)
+                            strength = link_strengths(pairs, prob, turned_prob, cfg, guard, bar, turns, share,
+                                                      lenient)
                             name = (f"{w.name} @ {bar}" + (f" colour {guard}" if args.colour_max else "")
                                     + (f" turned {list(turns)}" if args.rotations else "")
                                     + (f" mirror {share}" if args.rotation_mirror else ""))

@@ -19,6 +19,7 @@ from curate.dedup import VERIFIER_WEIGHTS
 from curate.dedup.decide import Decisions, write_dup
 from curate.dedup.partitions import (Plan, assign_part, band_partition, identity_partition, image_partition,
                                      prepare_part)
+from curate.dedup.rare_sizes import RARE_SIZES_FILE, count_sizes, rare_sizes
 from curate.dedup.semdedup import kmeans_assign
 from curate.io import atomic_write_json, file_fingerprint, fingerprint, list_parts, markers_fingerprint, read_json
 from curate.schema import DUP_REASONS, KEPT, NOT_SCORED
@@ -56,6 +57,12 @@ class DedupConfig(BaseModel):
         [], description="a pair that fails the pixel check by a little is tried again with one image turned back by "
         "each of these angles (degrees), e.g. [4, -4]: copies turned 2-6 degrees are found, at a cost in time and in a "
         "few pictures lost (README, the dedup options' costs); [] = off")
+    image_rare_size_rows: int | None = Field(
+        8, ge=1, le=64, description="... except that a pair of one exact width x height that at most this many "
+        "rows of the pool have, both larger than the 64 px thumbnail, with no third picture of that size like "
+        "either, needs only 0.8 of the verifier: an edit that keeps the canvas (a watermark, brightness, "
+        "grayscale) keeps the size, which different pictures share only by chance (curate/dedup/rare_sizes.py); "
+        "null = off")
     copy_search_k: int = Field(
         5, ge=0, le=100, description="also propose each row's k nearest images by their own pixels (8 px "
         "thumbnails, 25 windows of each row: off-centre crops found too) for the pixel check: finds copies a "
@@ -128,6 +135,10 @@ def dedup_parts(cfg: DedupConfig, parts: list[Path], out: Path, work: Path, down
                      "dedup: partition the embeddings")
             phase("partition")
         if cfg.images:
+            if cfg.image_match_min is not None and cfg.image_rare_size_rows:
+                counts = parallel([(count_sizes, (p,)) for p in parts], "dedup: count image sizes")
+                work.mkdir(parents=True, exist_ok=True)
+                np.save(work / RARE_SIZES_FILE, rare_sizes(counts, cfg.image_rare_size_rows))
             parallel([(image_partition, (plan, c)) for c in range(top)], "dedup: images, a task per partition")
             phase("images")
         tasks = [(identity_partition, (plan, h)) for h in range(plan.hash_partitions)]

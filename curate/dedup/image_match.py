@@ -17,7 +17,8 @@ stretched over another's frame, is another picture. Then:
   left out), after one brightness factor for the whole picture (between `BRIGHTNESS`), must nowhere differ by
   more than `colour_max` levels (of 255); a grayscale copy is compared by luminance;
 - the copy verifier (curate.dedup.copy_verifier, when given) judges the pairs that passed: a small network that
-  learnt what a copy keeps and what a lookalike (a skin tone, a flag's colours, a digit in the frame) changes.
+  learnt what a copy keeps and what a lookalike (a skin tone, a flag's colours, a digit in the frame) changes;
+  a pair of one rare pixel size needs less of it (curate.dedup.rare_sizes).
 A pair that fails within ROTATION_SLACK of the shape bar is tried again with one image turned back a few degrees
 (`pixel_match`'s `rotations`): the axis-aligned windows cannot undo a turn, which a copy may have had. A turn counts
 only where it lines up better than unturned and clearly better than the same turn the other way (`turn_counts`):
@@ -38,6 +39,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from curate.decode import decode_rgb
+from curate.dedup.rare_sizes import RARE_SIZE_VERIFIER_MIN
 from curate.tars import MemberReader, index_tar, shard_path
 
 THUMB_PX = 64
@@ -265,15 +267,17 @@ def align(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: fl
 
 def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float,
                 colour_max: float | None, verifier=None, log_aspect: np.ndarray | None = None,
-                rotations: tuple[float, ...] = ()) -> np.ndarray:
+                rotations: tuple[float, ...] = (), lenient: np.ndarray | None = None) -> np.ndarray:
     """Per pair (thumbs[first[p]], thumbs[second[p]]): the aligned shape correlation (1.0 for identical
     pictures; a plain image matches nothing), or -1 where a test fails: the colour test (when `colour_max` is
-    set) or the copy verifier (a curate.dedup.copy_verifier.Verifier, when given). `log_aspect`: see `align`.
+    set) or the copy verifier (a curate.dedup.copy_verifier.Verifier, when given; the `lenient` pairs, of one rare
+    size, need only RARE_SIZE_VERIFIER_MIN of it: curate.dedup.rare_sizes). `log_aspect`: see `align`.
     A pair that fails but comes within ROTATION_SLACK of `minimum` gets a second chance with `first` turned back
     by each of `rotations` (degrees), where the turn counts (`turn_counts`, against the turn by minus that angle)."""
+    lenient = np.zeros(len(first), bool) if lenient is None else np.asarray(lenient, bool)
     aligned = align(thumbs, first, second, minimum, log_aspect)
     shape = _shapes(aligned, len(first))
-    match = _verdicts(thumbs, aligned, len(first), minimum, colour_max, verifier)
+    match = _verdicts(thumbs, aligned, len(first), minimum, colour_max, verifier, lenient)
     retry = np.flatnonzero((match < minimum) & (shape >= minimum - ROTATION_SLACK)) if rotations else []
     if not len(retry):
         return match
@@ -288,7 +292,7 @@ def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minim
     for degrees in rotations:  # the colour test and the verifier only where the turn counts
         rows, lined_up, turned_shape = turned[degrees]
         counts = turn_counts(shape[retry], turned_shape, turned[-degrees][2])
-        again = _verdicts(rows, lined_up, len(retry), minimum, colour_max, verifier, counts)
+        again = _verdicts(rows, lined_up, len(retry), minimum, colour_max, verifier, lenient[retry], counts)
         match[retry[counts]] = np.maximum(match[retry[counts]], again[counts])
     return match
 
@@ -312,9 +316,10 @@ def _shapes(aligned, n: int) -> np.ndarray:
 
 
 def _verdicts(thumbs: np.ndarray, aligned, n: int, minimum: float, colour_max: float | None, verifier,
-              eligible: np.ndarray | None = None) -> np.ndarray:
+              lenient: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
     """`pixel_match` of n aligned pairs (`align`'s values) at their own angle: the shape correlation where every
-    test passes, else -1; only the `eligible` pairs (all by default) are tested."""
+    test passes, else -1; only the `eligible` pairs (all by default) are tested, and the `lenient` ones need
+    only RARE_SIZE_VERIFIER_MIN of the verifier."""
     close, sims, mine, other, cuts = aligned
     passed = sims >= minimum  # the cheap tests first; the verifier sees only what passed them
     if eligible is not None:
@@ -329,7 +334,9 @@ def _verdicts(thumbs: np.ndarray, aligned, n: int, minimum: float, colour_max: f
         ask = torch.nonzero(passed).flatten()
         for lo in range(0, len(ask), CHUNK_PAIRS):
             part = ask[lo:lo + CHUNK_PAIRS]
-            passed[part] = torch.from_numpy(verifier.accepts(thumbs, mine[part], other[part], cuts[part]))
+            bar = np.where(lenient[close[part.numpy()]], min(RARE_SIZE_VERIFIER_MIN, verifier.minimum),
+                           verifier.minimum)
+            passed[part] = torch.from_numpy(verifier.probabilities(thumbs, mine[part], other[part], cuts[part]) >= bar)
     match = np.full(n, -1.0, np.float32)
     match[close] = torch.where(passed, sims, torch.full_like(sims, -1.0)).numpy()
     return match

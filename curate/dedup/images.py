@@ -3,7 +3,9 @@ the pixels, each confirmed by the pixel check (thumbnails read from the download
 only, kept on disk: curate.dedup.image_match.ThumbnailStore)."""
 from __future__ import annotations
 
+import hashlib
 import logging
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,8 @@ import pyarrow as pa
 from curate.dedup.copy_search import copy_candidates
 from curate.dedup.copy_verifier import Verifier
 from curate.dedup.pictures import Links
-from curate.dedup.image_match import ThumbnailStore, pixel_match
+from curate.dedup.image_match import THUMB_PX, ThumbnailStore, pixel_match
+from curate.dedup.rare_sizes import rare_rows
 from curate.dedup.semdedup import embedding_matrix, near_duplicate_images
 
 log = logging.getLogger(__name__)
@@ -21,12 +24,13 @@ PAIRS_PER_READ = 8192  # candidate pairs whose thumbnails the pixel check holds 
 
 
 def image_links(table: pa.Table, cfg, download_dir: Path | None, spill_dir: Path | None = None,
-                ) -> tuple[Links, np.ndarray]:
+                rare: np.ndarray | None = None) -> tuple[Links, np.ndarray]:
     """Near-image links among `table`'s rows (every one with an image_embedding; shard and key for the pixel
     check) under the DedupConfig `cfg`: SemDeDup's pairs and the copy search's, each confirmed pixel for pixel
-    when `image_match_min` is set; and each row's cosine to its k-means centroid."""
+    when `image_match_min` is set (`rare`: the pool's rare sizes, curate.dedup.rare_sizes); and each row's cosine
+    to its k-means centroid."""
     vectors = embedding_matrix(table.column("image_embedding"))
-    check = None if cfg.image_match_min is None else PixelCheck(table, download_dir, cfg, spill_dir)
+    check = None if cfg.image_match_min is None else PixelCheck(table, download_dir, cfg, spill_dir, rare)
     pairs, centroid_sim = near_duplicate_images(vectors, cfg.image_eps, cfg.cluster_size, confirm=check)
     first = np.array([p[0] for p in pairs], np.int64)
     second = np.array([p[1] for p in pairs], np.int64)
@@ -49,11 +53,13 @@ class PixelCheck:
     """SemDeDup's `confirm`: which candidate pairs (row numbers of `table`) also match pixel for pixel
     (curate.dedup.image_match), with counts for the log."""
 
-    def __init__(self, table: pa.Table, download_dir: Path | None, cfg, spill_dir: Path | None = None):
+    def __init__(self, table: pa.Table, download_dir: Path | None, cfg, spill_dir: Path | None = None,
+                 rare: np.ndarray | None = None):
         if download_dir is None:
             raise ValueError("dedup.image_match_min needs the download stage's images (run inside a run directory)")
         self.store, self.minimum = ThumbnailStore(table, download_dir, spill_dir), cfg.image_match_min
         self.colour_max, self.rotations = cfg.image_colour_max, tuple(cfg.image_rotations)
+        self.same_size = SameRareSize(table, self.store, rare, self.minimum, self.colour_max)
         self.verifier = None if cfg.image_verifier_min is None else Verifier(cfg.image_verifier_min)
         self.candidates = self.confirmed = 0
         self.matches: dict[tuple[int, int], float] = {}  # confirmed pair -> its aligned shape correlation
@@ -65,9 +71,45 @@ class PixelCheck:
             rows = np.unique(np.concatenate([a, b]))
             match = pixel_match(self.store.get(rows), np.searchsorted(rows, a), np.searchsorted(rows, b),
                                 self.minimum, self.colour_max, self.verifier, self.store.log_aspect[rows],
-                                self.rotations)
+                                self.rotations, self.same_size.lenient(a, b))
             hit = match >= self.minimum
             ok[lo:lo + PAIRS_PER_READ] = hit
             self.matches.update(zip(zip(a[hit].tolist(), b[hit].tolist()), match[hit].tolist()))
         self.candidates, self.confirmed = self.candidates + len(first), self.confirmed + int(ok.sum())
         return ok
+
+
+class SameRareSize:
+    """Which pairs of a table's rows count as one rare size (curate.dedup.rare_sizes): both rows of one width x
+    height among the pool's `rare` sizes, larger than the thumbnail, and no third picture of that size in the
+    table like either of them (past the shape bar and the colour guard): variants of one design made at one size,
+    another skin tone say, are not a copy's kept canvas."""
+
+    def __init__(self, table: pa.Table, store: ThumbnailStore, rare: np.ndarray | None, minimum: float,
+                 colour_max: float | None):
+        self.size, self.rare = rare_rows(table, np.zeros(0, np.int64) if rare is None else rare, THUMB_PX)
+        self.picture: dict[int, bytes] = {}  # row -> a digest of its thumbnail (rows of sizes three or more share)
+        self.siblings: dict[int, set[bytes]] = {}  # row -> the other pictures of its size like it
+        rows = np.flatnonzero(self.rare)
+        _, at, counts = np.unique(self.size[rows], return_inverse=True, return_counts=True)
+        groups = [rows[at == k].tolist() for k in np.flatnonzero(counts >= 3)]
+        pairs = np.array([p for g in groups for p in combinations(g, 2)], np.int64).reshape(-1, 2)
+        if not len(pairs):
+            return
+        members = np.unique(pairs)
+        thumbs = store.get(members)
+        self.picture = {int(r): hashlib.blake2b(t.tobytes(), digest_size=16).digest() for r, t in zip(members, thumbs)}
+        alike = pixel_match(thumbs, np.searchsorted(members, pairs[:, 0]), np.searchsorted(members, pairs[:, 1]),
+                            minimum, colour_max, None, store.log_aspect[members]) >= minimum
+        for i, j in pairs[alike].tolist():
+            self.siblings.setdefault(i, set()).add(self.picture[j])
+            self.siblings.setdefault(j, set()).add(self.picture[i])
+
+    def lenient(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Per pair (rows of the table): of one rare size, with no third picture of that size like either."""
+        out = self.rare[first] & (self.size[first] == self.size[second])
+        for k in np.flatnonzero(out).tolist():
+            i, j = int(first[k]), int(second[k])
+            alike = self.siblings.get(i, set()) | self.siblings.get(j, set())
+            out[k] = alike <= {self.picture.get(i), self.picture.get(j)}
+        return out

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from curate.dedup.minhash import band_keys, shingles, signatures
+from curate.dedup.rare_sizes import RARE_SIZES_FILE
 from curate.dedup.semdedup import embedding_matrix
 from curate.io import atomic_write_parquet
 from curate.schema import STATUS, UID, Status
@@ -187,7 +188,9 @@ def image_partition(plan: Plan, partition: int) -> int:
     g = np.asarray(table.column("g"))
     spill = plan.folder("thumbnails", partition)
     spill.mkdir(parents=True, exist_ok=True)
-    links, centroid_sim = image_links(table, plan.cfg, plan.download_dir, spill)
+    rare = plan.work / RARE_SIZES_FILE
+    links, centroid_sim = image_links(table, plan.cfg, plan.download_dir, spill,
+                                      np.load(rare) if rare.exists() else None)
     atomic_write_parquet(plan.folder("links", partition) / "links.parquet", pa.table(
         {"first": g[links.first], "second": g[links.second], "similarity": links.similarity,
          "strength": links.strength}))

@@ -14,7 +14,8 @@ from curate.synthetic.copy_edits import EDITS
 from tests.conftest import ROOT
 
 
-DEMO_DEDUP = {"image_match_min": 0.75, "image_verifier_min": 0.99, "image_colour_max": 40.0}  # configs/demo.yaml
+DEMO_DEDUP = {"image_match_min": 0.75, "image_verifier_min": 0.99, "image_colour_max": 40.0,
+              "image_rare_size_rows": 8}  # configs/demo.yaml
 
 
 def demo_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -417,3 +418,85 @@ def test_pixel_match_turns_a_rotated_copy_back():
     assert plain[2] < 0.9 and rotated[2] < 0.9
     back = rotate(thumbs[1:2], log_aspect[:1], -6.0)[0].astype(int)
     assert np.abs(back - thumbs[0]).mean() < 0.5 * np.abs(thumbs[1].astype(int) - thumbs[0]).mean()
+
+
+def test_rare_sizes_are_counted_over_every_part(tmp_path):
+    """A size counts as rare when at most `max_rows` `ok` rows of all the parts have it; rows of unknown size and
+    failed rows count for nothing, and a rare size smaller than the thumbnail does not make a row rare."""
+    from curate.dedup.rare_sizes import count_sizes, rare_rows, rare_sizes
+
+    parts = [
+        {"status": ["ok", "ok", "ok", "failed"], "width": [151, 151, 64, 151], "height": [109, 109, 64, 109]},
+        {"status": ["ok", "ok", "ok", "ok"], "width": [151, 64, 48, None], "height": [109, 64, 40, None]},
+    ]
+    paths = []
+    for k, part in enumerate(parts):
+        paths.append(tmp_path / f"part-{k}.parquet")
+        pq.write_table(pa.table(part), paths[-1])
+    table = pa.table({"width": [151, 64, 48, None], "height": [109, 64, 40, None]})
+    rare = rare_sizes([count_sizes(p) for p in paths], max_rows=2)
+    assert rare_rows(table, rare, thumb_px=64)[1].tolist() == [False] * 4  # 151 x 109: 3 ok rows
+    rare = rare_sizes([count_sizes(p) for p in paths], max_rows=3)
+    keys, is_rare = rare_rows(table, rare, thumb_px=64)
+    assert is_rare.tolist() == [True, False, False, False]  # 48 x 40 is rare but under the thumbnail
+    assert keys[0] != keys[1] and keys[3] == -1
+
+
+def test_a_watermarked_copy_of_a_rare_size_needs_less_of_the_verifier():
+    """Watermarked copies of a drawn scene keep its size. Held to the verifier's 0.99 few pass (the watermark is a
+    smudge in the thumbnail); as a pair of one rare size (`lenient`) most do, while other scenes still do not."""
+    from curate.dedup.copy_verifier import Verifier
+    from curate.dedup.image_match import pixel_match, thumbnail
+    from curate.synthetic.synth import _near_copy
+
+    original, image = _scene_bytes(2)
+    copies = [_near_copy(image, "watermark", np.random.default_rng(k)) for k in range(8)]
+    others = [_scene_bytes(seed)[0] for seed in range(3, 11)]
+    thumbs = np.stack([thumbnail(b) for b in (original, *copies, *others)])
+    first, second = np.zeros(16, int), np.arange(1, 17)
+    strict = pixel_match(thumbs, first, second, 0.75, 40.0, Verifier(0.99))
+    lenient = pixel_match(thumbs, first, second, 0.75, 40.0, Verifier(0.99), lenient=np.ones(16, bool))
+    assert (strict[:8] >= 0.75).sum() <= 2 and (lenient[:8] >= 0.75).sum() >= 5, (strict[:8], lenient[:8])
+    assert (lenient[8:] < 0.75).all()
+
+
+def test_dedup_drops_a_watermarked_copy_of_a_rare_size_only(tmp_path):
+    """The stage counts sizes over the pool: a watermarked copy at its original's size, which only these rows (an
+    exact copy and another scene among them) have, is dropped for its original; where more rows than
+    `image_rare_size_rows` share that size it is kept."""
+    from curate.synthetic.synth import _near_copy
+
+    original, image = _scene_bytes(2)
+    payloads = [original, _near_copy(image, "watermark", np.random.default_rng(0)), _scene_bytes(3)[0], original]
+    table = _table_with_images(tmp_path, payloads, [_unit([1, 2, 3, 4, 5, 6, 7, 8])] * 4)
+    sha = pa.array(["sha0", "sha1", "sha2", "sha0"])  # row 3 is row 0's bytes
+    table = table.set_column(table.schema.get_field_index("sha256"), "sha256", sha)
+    table = table.append_column("width", pa.array([128] * 4, pa.int32())).append_column(
+        "height", pa.array([112] * 4, pa.int32()))
+    found = find_duplicates(table, DedupConfig(copy_search_k=0), "score_x", download_dir=tmp_path).to_pylist()
+    assert [r["dup_reason"] for r in found] == [None, "near_image", None, "exact_image"]
+    assert found[1]["dup_of"] == found[0]["uid"]
+    common = DedupConfig(copy_search_k=0, image_rare_size_rows=3)
+    kept = find_duplicates(table, common, "score_x", download_dir=tmp_path).to_pylist()
+    assert [r["dup_reason"] for r in kept] == [None, None, None, "exact_image"]
+
+
+def test_variants_of_one_design_at_one_rare_size_are_all_kept(tmp_path):
+    """Three variants of a scene (a region tinted 0, 1 and 2 steps: neighbours pass shape and colour, and the
+    verifier at RARE_SIZE_VERIFIER_MIN but not at 0.99) made at one size that nothing else has: a third picture of that size like
+    the pair's rows says design, not copy, so the verifier's own bar holds and every variant stays."""
+    from curate.synthetic.scenes import encode
+
+    _, image = _scene_bytes(4)
+    variants = []
+    for k in range(3):
+        pixels = np.asarray(image).astype(int)
+        pixels[20:60, 20:60] = np.clip(pixels[20:60, 20:60] + [30 * k, -20 * k, 10 * k], 0, 255)
+        variants.append(encode(Image.fromarray(pixels.astype(np.uint8))))
+    table = _table_with_images(tmp_path, variants, [_unit([1, 2, 3, 4, 5, 6, 7, 8])] * 3)
+    table = table.append_column("width", pa.array([128] * 3, pa.int32())).append_column(
+        "height", pa.array([112] * 3, pa.int32()))
+    found = find_duplicates(table, DedupConfig(copy_search_k=0), "score_x", download_dir=tmp_path).to_pylist()
+    assert [r["dup_reason"] for r in found] == [None, None, None]
+    two = find_duplicates(table.slice(0, 2), DedupConfig(copy_search_k=0), "score_x", download_dir=tmp_path)
+    assert two.column("dup_reason").to_pylist() == [None, "near_image"]  # a lone pair of that size: lenient
