@@ -181,6 +181,35 @@ def link_strengths(pairs: dict, prob: np.ndarray, turned: dict, cfg, guard: floa
     return strength
 
 
+def with_lone_pairs(thumbs: np.ndarray, log_aspect: np.ndarray, pairs: dict, prob: np.ndarray,
+                    strength: np.ndarray, cfg, guard: float) -> np.ndarray:
+    """`link_strengths` with the lone pairs (curate.dedup.lone_pairs, at the run's
+    `dedup.image_lone_pair_verifier_min`) passing at their aligned shape, as the stage decides them."""
+    from curate.dedup.image_match import Verdicts, pixel_match
+    from curate.dedup.lone_pairs import LonePairs
+
+    if cfg.image_lone_pair_verifier_min is None:
+        return strength
+    first, second, shape = pairs["first"], pairs["second"], pairs["shape"]
+    alike = (shape >= cfg.image_match_min) & (pairs["colour"] <= guard)
+    passed = np.isfinite(strength)
+    lone = LonePairs(cfg.image_lone_pair_verifier_min)
+    lone.record(np.arange(len(thumbs)), thumbs, first, second,
+                Verdicts(np.where(passed, strength, -1.0), shape, alike, np.where(alike, prob, np.nan)))
+
+    def third_alike(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        rows = np.unique(np.concatenate([a, b]))
+        return pixel_match(thumbs[rows], np.searchsorted(rows, a), np.searchsorted(rows, b), cfg.image_match_min,
+                           guard, None, log_aspect[rows]) >= cfg.image_match_min
+
+    a, b, _ = lone.found(set(zip(first[passed].tolist(), second[passed].tolist())), third_alike)
+    at = {(min(i, j), max(i, j)): k for k, (i, j) in enumerate(zip(first.tolist(), second.tolist()))}
+    index = np.array([at[pair] for pair in zip(a.tolist(), b.tolist())], np.int64)
+    strength = strength.copy()
+    strength[index] = shape[index]
+    return strength
+
+
 def verifier_probabilities(thumbs: np.ndarray, pairs: dict, weights: Path, asked: np.ndarray) -> np.ndarray:
     """The verifier's probability (curate.dedup.copy_verifier.Verifier.probabilities) of each `asked` pair, else 0."""
     import torch
@@ -273,8 +302,8 @@ def main() -> None:
                 for bar in args.bar or [cfg.image_verifier_min or 0.0]:  # 0: the run has no verifier
                     for turns in turn_sets:
                         for share in args.rotation_mirror or [ROTATION_MIRROR]:
-                            strength = link_strengths(pairs, prob, turned_prob, cfg, guard, bar, turns, share,
-                                                      lenient)
+                            strength = with_lone_pairs(thumbs, store.log_aspect, pairs, prob, link_strengths(
+                                pairs, prob, turned_prob, cfg, guard, bar, turns, share, lenient), cfg, guard)
                             name = (f"{w.name} @ {bar}" + (f" colour {guard}" if args.colour_max else "")
                                     + (f" turned {list(turns)}" if args.rotations else "")
                                     + (f" mirror {share}" if args.rotation_mirror else ""))

@@ -63,6 +63,11 @@ class DedupConfig(BaseModel):
         "either, needs only 0.8 of the verifier: an edit that keeps the canvas (a watermark, brightness, "
         "grayscale) keeps the size, which different pictures share only by chance (curate/dedup/rare_sizes.py); "
         "null = off")
+    image_lone_pair_verifier_min: float | None = Field(
+        0.8, gt=0, lt=1, description="... and a pair with colour on either side, where no third picture passes the "
+        "shape bar and the colour guard with either row, needs only this much of the verifier: lookalikes come in "
+        "families (skin tones, flags of one layout), a picture and its copy in twos (curate/dedup/lone_pairs.py); "
+        "null = off")
     copy_search_k: int = Field(
         5, ge=0, le=100, description="also propose each row's k nearest images by their own pixels (8 px "
         "thumbnails, 25 windows of each row: off-centre crops found too) for the pixel check: finds copies a "

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -265,22 +266,42 @@ def align(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: fl
     return close.numpy(), sims, mine, other, cuts
 
 
+@dataclass
+class Verdicts:
+    """`pixel_verdicts` per pair: `match`, the aligned shape correlation where every test passes, else -1; and,
+    unturned, `shape` (-2 where let go far below the bar), `alike` (past the shape bar and the colour guard) and
+    `probability` (the copy verifier's, NaN where not asked: only alike pairs are)."""
+    match: np.ndarray
+    shape: np.ndarray
+    alike: np.ndarray
+    probability: np.ndarray
+
+
 def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float,
                 colour_max: float | None, verifier=None, log_aspect: np.ndarray | None = None,
                 rotations: tuple[float, ...] = (), lenient: np.ndarray | None = None) -> np.ndarray:
     """Per pair (thumbs[first[p]], thumbs[second[p]]): the aligned shape correlation (1.0 for identical
-    pictures; a plain image matches nothing), or -1 where a test fails: the colour test (when `colour_max` is
-    set) or the copy verifier (a curate.dedup.copy_verifier.Verifier, when given; the `lenient` pairs, of one rare
-    size, need only RARE_SIZE_VERIFIER_MIN of it: curate.dedup.rare_sizes). `log_aspect`: see `align`.
-    A pair that fails but comes within ROTATION_SLACK of `minimum` gets a second chance with `first` turned back
-    by each of `rotations` (degrees), where the turn counts (`turn_counts`, against the turn by minus that angle)."""
+    pictures; a plain image matches nothing), or -1 where a test fails (`pixel_verdicts`)."""
+    return pixel_verdicts(thumbs, first, second, minimum, colour_max, verifier, log_aspect, rotations, lenient).match
+
+
+def pixel_verdicts(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minimum: float,
+                   colour_max: float | None, verifier=None, log_aspect: np.ndarray | None = None,
+                   rotations: tuple[float, ...] = (), lenient: np.ndarray | None = None) -> Verdicts:
+    """Per pair (thumbs[first[p]], thumbs[second[p]]): `Verdicts`, where a match fails the colour test (when
+    `colour_max` is set) or the copy verifier (a curate.dedup.copy_verifier.Verifier, when given; the `lenient`
+    pairs, of one rare size, need only RARE_SIZE_VERIFIER_MIN of it: curate.dedup.rare_sizes). `log_aspect`: see
+    `align`. A pair that fails but comes within ROTATION_SLACK of `minimum` gets a second chance with `first` turned
+    back by each of `rotations` (degrees), where the turn counts (`turn_counts`, against the turn by minus that
+    angle)."""
     lenient = np.zeros(len(first), bool) if lenient is None else np.asarray(lenient, bool)
     aligned = align(thumbs, first, second, minimum, log_aspect)
     shape = _shapes(aligned, len(first))
-    match = _verdicts(thumbs, aligned, len(first), minimum, colour_max, verifier, lenient)
+    match, alike, probability = _verdicts(thumbs, aligned, len(first), minimum, colour_max, verifier, lenient)
+    verdicts = Verdicts(match, shape, alike, probability)
     retry = np.flatnonzero((match < minimum) & (shape >= minimum - ROTATION_SLACK)) if rotations else []
     if not len(retry):
-        return match
+        return verdicts
     log_aspect = np.full(len(thumbs), np.nan) if log_aspect is None else np.asarray(log_aspect)
     partners, at = np.unique(second[retry], return_inverse=True)
     turned = {}
@@ -292,9 +313,9 @@ def pixel_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, minim
     for degrees in rotations:  # the colour test and the verifier only where the turn counts
         rows, lined_up, turned_shape = turned[degrees]
         counts = turn_counts(shape[retry], turned_shape, turned[-degrees][2])
-        again = _verdicts(rows, lined_up, len(retry), minimum, colour_max, verifier, lenient[retry], counts)
+        again = _verdicts(rows, lined_up, len(retry), minimum, colour_max, verifier, lenient[retry], counts)[0]
         match[retry[counts]] = np.maximum(match[retry[counts]], again[counts])
-    return match
+    return verdicts
 
 
 def turn_counts(unturned: np.ndarray, turned: np.ndarray, mirror: np.ndarray,
@@ -316,10 +337,11 @@ def _shapes(aligned, n: int) -> np.ndarray:
 
 
 def _verdicts(thumbs: np.ndarray, aligned, n: int, minimum: float, colour_max: float | None, verifier,
-              lenient: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
-    """`pixel_match` of n aligned pairs (`align`'s values) at their own angle: the shape correlation where every
-    test passes, else -1; only the `eligible` pairs (all by default) are tested, and the `lenient` ones need
-    only RARE_SIZE_VERIFIER_MIN of the verifier."""
+              lenient: np.ndarray, eligible: np.ndarray | None = None):
+    """`pixel_verdicts` of n aligned pairs (`align`'s values) at their own angle: the shape correlation where every
+    test passes, else -1; whether each passed the shape bar and the colour guard; the verifier's probability (NaN
+    where not asked). Only the `eligible` pairs (all by default) are tested, and the `lenient` ones need only
+    RARE_SIZE_VERIFIER_MIN of the verifier."""
     close, sims, mine, other, cuts = aligned
     passed = sims >= minimum  # the cheap tests first; the verifier sees only what passed them
     if eligible is not None:
@@ -330,16 +352,29 @@ def _verdicts(thumbs: np.ndarray, aligned, n: int, minimum: float, colour_max: f
         for lo in range(0, len(ask), CHUNK_PAIRS):
             part = ask[lo:lo + CHUNK_PAIRS]
             passed[part] = colour_gap(rgb32, mine[part], other[part], cuts[part]) <= colour_max
+    alike, probability = np.zeros(n, bool), np.full(n, np.nan, np.float32)
+    alike[close] = passed.numpy()
     if verifier is not None:
         ask = torch.nonzero(passed).flatten()
         for lo in range(0, len(ask), CHUNK_PAIRS):
             part = ask[lo:lo + CHUNK_PAIRS]
             bar = np.where(lenient[close[part.numpy()]], min(RARE_SIZE_VERIFIER_MIN, verifier.minimum),
                            verifier.minimum)
-            passed[part] = torch.from_numpy(verifier.probabilities(thumbs, mine[part], other[part], cuts[part]) >= bar)
+            prob = verifier.probabilities(thumbs, mine[part], other[part], cuts[part])
+            probability[close[part.numpy()]] = prob
+            passed[part] = torch.from_numpy(prob >= bar)
     match = np.full(n, -1.0, np.float32)
     match[close] = torch.where(passed, sims, torch.full_like(sims, -1.0)).numpy()
-    return match
+    return match, alike, probability
+
+
+def chroma(thumbs: np.ndarray) -> np.ndarray:
+    """Each thumbnail's RMS chroma (levels): how far its pixels are from their own luminance."""
+    out = np.zeros(len(thumbs), np.float32)
+    for lo in range(0, len(thumbs), CHUNK_ROWS):  # bounded memory: float copies of CHUNK_ROWS thumbnails
+        rgb = thumbs[lo:lo + CHUNK_ROWS].astype(np.float32)
+        out[lo:lo + CHUNK_ROWS] = np.sqrt(((rgb - (rgb @ np.array(LUMA, np.float32))[..., None]) ** 2).mean((1, 2, 3)))
+    return out
 
 
 def rotate(thumbs: np.ndarray, log_aspect: np.ndarray, degrees: float) -> np.ndarray:

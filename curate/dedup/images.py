@@ -14,7 +14,8 @@ import pyarrow as pa
 from curate.dedup.copy_search import copy_candidates
 from curate.dedup.copy_verifier import Verifier
 from curate.dedup.pictures import Links
-from curate.dedup.image_match import THUMB_PX, ThumbnailStore, pixel_match
+from curate.dedup.image_match import THUMB_PX, ThumbnailStore, pixel_match, pixel_verdicts
+from curate.dedup.lone_pairs import LonePairs
 from curate.dedup.rare_sizes import rare_rows
 from curate.dedup.semdedup import embedding_matrix, near_duplicate_images
 
@@ -46,12 +47,19 @@ def image_links(table: pa.Table, cfg, download_dir: Path | None, spill_dir: Path
         first, second = np.concatenate([first, a]), np.concatenate([second, b])
         similarity = np.concatenate([similarity, np.einsum("ij,ij->i", vectors[a], vectors[b]).astype(np.float32)])
     strength = np.array([check.matches[(i, j)] for i, j in zip(first.tolist(), second.tolist())], np.float32)
+    if check.lone is not None:  # decided once every candidate pair was checked
+        a, b, shape = check.lone.found(check.matches, check.alike)
+        log.info("dedup: %d lone pairs the copy verifier doubted match pixel for pixel", len(a))
+        first, second = np.concatenate([first, a]), np.concatenate([second, b])
+        similarity = np.concatenate([similarity, np.einsum("ij,ij->i", vectors[a], vectors[b]).astype(np.float32)])
+        strength = np.concatenate([strength, shape])
     return Links(first, second, similarity, strength), centroid_sim
 
 
 class PixelCheck:
     """SemDeDup's `confirm`: which candidate pairs (row numbers of `table`) also match pixel for pixel
-    (curate.dedup.image_match), with counts for the log."""
+    (curate.dedup.image_match), with counts for the log; the pairs it doubted that turn out lone
+    (curate.dedup.lone_pairs) are `lone.found()` once every pair was asked about."""
 
     def __init__(self, table: pa.Table, download_dir: Path | None, cfg, spill_dir: Path | None = None,
                  rare: np.ndarray | None = None):
@@ -61,6 +69,8 @@ class PixelCheck:
         self.colour_max, self.rotations = cfg.image_colour_max, tuple(cfg.image_rotations)
         self.same_size = SameRareSize(table, self.store, rare, self.minimum, self.colour_max)
         self.verifier = None if cfg.image_verifier_min is None else Verifier(cfg.image_verifier_min)
+        lone = self.verifier is not None and cfg.image_lone_pair_verifier_min is not None
+        self.lone = LonePairs(cfg.image_lone_pair_verifier_min) if lone else None
         self.candidates = self.confirmed = 0
         self.matches: dict[tuple[int, int], float] = {}  # confirmed pair -> its aligned shape correlation
 
@@ -69,13 +79,28 @@ class PixelCheck:
         for lo in range(0, len(first), PAIRS_PER_READ):  # the thumbnails of one batch of pairs in memory
             a, b = first[lo:lo + PAIRS_PER_READ], second[lo:lo + PAIRS_PER_READ]
             rows = np.unique(np.concatenate([a, b]))
-            match = pixel_match(self.store.get(rows), np.searchsorted(rows, a), np.searchsorted(rows, b),
-                                self.minimum, self.colour_max, self.verifier, self.store.log_aspect[rows],
-                                self.rotations, self.same_size.lenient(a, b))
+            thumbs = self.store.get(rows)
+            verdicts = pixel_verdicts(thumbs, np.searchsorted(rows, a), np.searchsorted(rows, b), self.minimum,
+                                      self.colour_max, self.verifier, self.store.log_aspect[rows], self.rotations,
+                                      self.same_size.lenient(a, b))
+            if self.lone is not None:
+                self.lone.record(rows, thumbs, a, b, verdicts)
+            match = verdicts.match
             hit = match >= self.minimum
             ok[lo:lo + PAIRS_PER_READ] = hit
             self.matches.update(zip(zip(a[hit].tolist(), b[hit].tolist()), match[hit].tolist()))
         self.candidates, self.confirmed = self.candidates + len(first), self.confirmed + int(ok.sum())
+        return ok
+
+    def alike(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Per pair: past the shape bar and the colour guard (no verifier, no turns)."""
+        ok = np.zeros(len(first), bool)
+        for lo in range(0, len(first), PAIRS_PER_READ):
+            a, b = first[lo:lo + PAIRS_PER_READ], second[lo:lo + PAIRS_PER_READ]
+            rows = np.unique(np.concatenate([a, b]))
+            ok[lo:lo + PAIRS_PER_READ] = pixel_match(
+                self.store.get(rows), np.searchsorted(rows, a), np.searchsorted(rows, b), self.minimum,
+                self.colour_max, None, self.store.log_aspect[rows]) >= self.minimum
         return ok
 
 

@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 
 
 DEMO_DEDUP = {"image_match_min": 0.75, "image_verifier_min": 0.99, "image_colour_max": 40.0,
-              "image_rare_size_rows": 8}  # configs/demo.yaml
+              "image_rare_size_rows": 8, "image_lone_pair_verifier_min": 0.8}  # configs/demo.yaml
 
 
 def demo_match(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -463,7 +463,7 @@ def test_a_watermarked_copy_of_a_rare_size_needs_less_of_the_verifier():
 def test_dedup_drops_a_watermarked_copy_of_a_rare_size_only(tmp_path):
     """The stage counts sizes over the pool: a watermarked copy at its original's size, which only these rows (an
     exact copy and another scene among them) have, is dropped for its original; where more rows than
-    `image_rare_size_rows` share that size it is kept."""
+    `image_rare_size_rows` share that size it is kept (lone pairs off: they would find it too)."""
     from curate.synthetic.synth import _near_copy
 
     original, image = _scene_bytes(2)
@@ -476,7 +476,7 @@ def test_dedup_drops_a_watermarked_copy_of_a_rare_size_only(tmp_path):
     found = find_duplicates(table, DedupConfig(copy_search_k=0), "score_x", download_dir=tmp_path).to_pylist()
     assert [r["dup_reason"] for r in found] == [None, "near_image", None, "exact_image"]
     assert found[1]["dup_of"] == found[0]["uid"]
-    common = DedupConfig(copy_search_k=0, image_rare_size_rows=3)
+    common = DedupConfig(copy_search_k=0, image_rare_size_rows=3, image_lone_pair_verifier_min=None)
     kept = find_duplicates(table, common, "score_x", download_dir=tmp_path).to_pylist()
     assert [r["dup_reason"] for r in kept] == [None, None, None, "exact_image"]
 
@@ -500,3 +500,62 @@ def test_variants_of_one_design_at_one_rare_size_are_all_kept(tmp_path):
     assert [r["dup_reason"] for r in found] == [None, None, None]
     two = find_duplicates(table.slice(0, 2), DedupConfig(copy_search_k=0), "score_x", download_dir=tmp_path)
     assert two.column("dup_reason").to_pylist() == [None, "near_image"]  # a lone pair of that size: lenient
+
+
+def _verdicts(pairs, alike, probability, shape=0.9):
+    """Verdicts of pairs that all failed the verifier (match -1)."""
+    from curate.dedup.image_match import Verdicts
+
+    n = len(pairs)
+    return Verdicts(np.full(n, -1.0), np.full(n, shape), np.array(alike), np.array(probability, np.float32))
+
+
+def test_a_lone_pair_is_one_no_third_picture_is_like():
+    """Doubted pairs: rows 0-1 (row 4 is row 0's picture again): lone. Rows 2-3: row 5, a candidate with row 3,
+    is alike with it: a family, not lone. Rows 6-7 gray: not lone. Rows 8-9 below the lone bar."""
+    from curate.dedup.lone_pairs import LonePairs
+
+    rng = np.random.default_rng(0)
+    thumbs = rng.integers(0, 256, (10, 64, 64, 3), dtype=np.uint8)
+    thumbs[4] = thumbs[0]
+    thumbs[6:8] = thumbs[6:8, :, :, :1]  # gray: every channel the same
+    pairs = [(0, 1), (1, 4), (2, 3), (3, 5), (6, 7), (8, 9)]
+    lone = LonePairs(0.8)
+    lone.record(np.arange(10), thumbs, *np.array(pairs).T,
+                _verdicts(pairs, [True, True, True, False, True, True], [0.9, 0.9, 0.9, np.nan, 0.95, 0.7]))
+    asked = []
+
+    def alike(first, second):
+        asked.extend(zip(first.tolist(), second.tolist()))
+        return np.array([{i, j} == {3, 5} for i, j in zip(first, second)])
+
+    first, second, shape = lone.found(set(), alike)
+    assert sorted(zip(first.tolist(), second.tolist())) == [(0, 1), (1, 4)] and (shape == 0.9).all()
+    assert sorted(asked) == [(5, 2), (5, 3)]  # row 4 is row 0's picture: no third for 0-1 or 1-4
+    assert lone.found({(1, 0), (1, 4)}, alike)[0].tolist() == []  # pairs confirmed elsewhere are not found again
+
+
+def test_dedup_drops_a_lone_watermarked_copy_and_keeps_a_family(tmp_path):
+    """A watermarked copy the verifier doubts (at a size too common to count) is dropped for its original as a lone
+    pair, and kept with lone pairs off; three tinted variants of another scene, each alike with the others, all
+    stay (the third picture says design, not copy)."""
+    from curate.synthetic.scenes import encode
+    from curate.synthetic.synth import _near_copy
+
+    original, image = _scene_bytes(2)
+    _, design = _scene_bytes(4)
+    variants = []
+    for k in range(3):
+        pixels = np.asarray(design).astype(int)
+        pixels[20:60, 20:60] = np.clip(pixels[20:60, 20:60] + [30 * k, -20 * k, 10 * k], 0, 255)
+        variants.append(encode(Image.fromarray(pixels.astype(np.uint8))))
+    payloads = [original, _near_copy(image, "watermark", np.random.default_rng(0)), *variants]
+    near = [_unit(np.arange(1, 9) + 0.05 * np.eye(8)[k]) for k in range(5)]  # distinct: SemDeDup pairs them all
+    table = _table_with_images(tmp_path, payloads, near)
+    common_size = DedupConfig(copy_search_k=0, image_rare_size_rows=None)
+    found = find_duplicates(table, common_size, "score_x", download_dir=tmp_path).to_pylist()
+    assert [r["dup_reason"] for r in found] == [None, "near_image", None, None, None]
+    assert found[1]["dup_of"] == found[0]["uid"]
+    off = common_size.model_copy(update={"image_lone_pair_verifier_min": None})
+    kept = find_duplicates(table, off, "score_x", download_dir=tmp_path).to_pylist()
+    assert [r["dup_reason"] for r in kept] == [None] * 5
