@@ -9,7 +9,8 @@ their shape correlation and colour gap. Then per weights and bar: the verifier's
 decision (curate.dedup.pictures.decide, rows preferred by the keep score) and `quality_dedup.py`'s figures per pool
 (recall, pictures lost, precision, recall by edit). The verifier is asked about the pairs past the shape bar and
 the colour guard, as in the stage (pairs of one rare size, `dedup.image_rare_size_rows`, held to the lower of the
-bar and curate.dedup.rare_sizes.RARE_SIZE_VERIFIER_MIN), and the pool is one partition (the runs of
+bar and curate.dedup.rare_sizes.RARE_SIZE_VERIFIER_MIN; lone pairs, curate.dedup.lone_pairs, at the run's
+`dedup.image_lone_pair_verifier_min`), and the pool is one partition (the runs of
 `configs/dedup/*.yaml` and the demo are), so the figures are the stage's own (the same on the emoji and demo
 pools, within 2 pictures on the icons pool, where batches of other sizes move a few probabilities at the bar).
 With `--rotations` (default the run's `dedup.image_rotations`) the pairs that fail come back turned, as in the

@@ -18,7 +18,8 @@ stretched over another's frame, is another picture. Then:
   more than `colour_max` levels (of 255); a grayscale copy is compared by luminance;
 - the copy verifier (curate.dedup.copy_verifier, when given) judges the pairs that passed: a small network that
   learnt what a copy keeps and what a lookalike (a skin tone, a flag's colours, a digit in the frame) changes;
-  a pair of one rare pixel size needs less of it (curate.dedup.rare_sizes).
+  a pair of one rare pixel size needs less of it (curate.dedup.rare_sizes), and so does a lone pair, which the
+  caller decides from `pixel_verdicts` once every pair is known (curate.dedup.lone_pairs).
 A pair that fails within ROTATION_SLACK of the shape bar is tried again with one image turned back a few degrees
 (`pixel_match`'s `rotations`): the axis-aligned windows cannot undo a turn, which a copy may have had. A turn counts
 only where it lines up better than unturned and clearly better than the same turn the other way (`turn_counts`):
