@@ -481,18 +481,24 @@ def test_dedup_drops_a_watermarked_copy_of_a_rare_size_only(tmp_path):
     assert [r["dup_reason"] for r in kept] == [None, None, None, "exact_image"]
 
 
-def test_variants_of_one_design_at_one_rare_size_are_all_kept(tmp_path):
-    """Three variants of a scene (a region tinted 0, 1 and 2 steps: neighbours pass shape and colour, and the
-    verifier at RARE_SIZE_VERIFIER_MIN but not at 0.99) made at one size that nothing else has: a third picture of that size like
-    the pair's rows says design, not copy, so the verifier's own bar holds and every variant stays."""
+def _tinted_variants(seed: int) -> list[bytes]:
+    """A scene with a region tinted 0, 1 and 2 steps: a design in three variants."""
     from curate.synthetic.scenes import encode
 
-    _, image = _scene_bytes(4)
+    _, image = _scene_bytes(seed)
     variants = []
     for k in range(3):
         pixels = np.asarray(image).astype(int)
         pixels[20:60, 20:60] = np.clip(pixels[20:60, 20:60] + [30 * k, -20 * k, 10 * k], 0, 255)
         variants.append(encode(Image.fromarray(pixels.astype(np.uint8))))
+    return variants
+
+
+def test_variants_of_one_design_at_one_rare_size_are_all_kept(tmp_path):
+    """Three variants of a scene (a region tinted 0, 1 and 2 steps: neighbours pass shape and colour, and the
+    verifier at RARE_SIZE_VERIFIER_MIN but not at 0.99) made at one size that nothing else has: a third picture of that size like
+    the pair's rows says design, not copy, so the verifier's own bar holds and every variant stays."""
+    variants = _tinted_variants(4)
     table = _table_with_images(tmp_path, variants, [_unit([1, 2, 3, 4, 5, 6, 7, 8])] * 3)
     table = table.append_column("width", pa.array([128] * 3, pa.int32())).append_column(
         "height", pa.array([112] * 3, pa.int32()))
@@ -539,17 +545,10 @@ def test_dedup_drops_a_lone_watermarked_copy_and_keeps_a_family(tmp_path):
     """A watermarked copy the verifier doubts (at a size too common to count) is dropped for its original as a lone
     pair, and kept with lone pairs off; three tinted variants of another scene, each alike with the others, all
     stay (the third picture says design, not copy)."""
-    from curate.synthetic.scenes import encode
     from curate.synthetic.synth import _near_copy
 
     original, image = _scene_bytes(2)
-    _, design = _scene_bytes(4)
-    variants = []
-    for k in range(3):
-        pixels = np.asarray(design).astype(int)
-        pixels[20:60, 20:60] = np.clip(pixels[20:60, 20:60] + [30 * k, -20 * k, 10 * k], 0, 255)
-        variants.append(encode(Image.fromarray(pixels.astype(np.uint8))))
-    payloads = [original, _near_copy(image, "watermark", np.random.default_rng(0)), *variants]
+    payloads = [original, _near_copy(image, "watermark", np.random.default_rng(0)), *_tinted_variants(4)]
     near = [_unit(np.arange(1, 9) + 0.05 * np.eye(8)[k]) for k in range(5)]  # distinct: SemDeDup pairs them all
     table = _table_with_images(tmp_path, payloads, near)
     common_size = DedupConfig(copy_search_k=0, image_rare_size_rows=None)
