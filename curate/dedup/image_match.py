@@ -28,6 +28,7 @@ a turned copy lines up one way only, while the smoothing of any turn brings some
 Thumbnails are `THUMB_PX` square RGB (12 KB a row, kept on disk for rows that were in some candidate pair)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -367,6 +368,11 @@ def _verdicts(thumbs: np.ndarray, aligned, n: int, minimum: float, colour_max: f
     match = np.full(n, -1.0, np.float32)
     match[close] = torch.where(passed, sims, torch.full_like(sims, -1.0)).numpy()
     return match, alike, probability
+
+
+def picture_digest(thumb: np.ndarray) -> bytes:
+    """A digest of a thumbnail's pixels: rows with the same one are one picture."""
+    return hashlib.blake2b(thumb.tobytes(), digest_size=16).digest()
 
 
 def chroma(thumbs: np.ndarray) -> np.ndarray:

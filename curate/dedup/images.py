@@ -3,7 +3,6 @@ the pixels, each confirmed by the pixel check (thumbnails read from the download
 only, kept on disk: curate.dedup.image_match.ThumbnailStore)."""
 from __future__ import annotations
 
-import hashlib
 import logging
 from itertools import combinations
 from pathlib import Path
@@ -14,7 +13,7 @@ import pyarrow as pa
 from curate.dedup.copy_search import copy_candidates
 from curate.dedup.copy_verifier import Verifier
 from curate.dedup.pictures import Links
-from curate.dedup.image_match import THUMB_PX, ThumbnailStore, pixel_match, pixel_verdicts
+from curate.dedup.image_match import THUMB_PX, ThumbnailStore, picture_digest, pixel_match, pixel_verdicts
 from curate.dedup.lone_pairs import LonePairs
 from curate.dedup.rare_sizes import rare_rows
 from curate.dedup.semdedup import embedding_matrix, near_duplicate_images
@@ -45,15 +44,19 @@ def image_links(table: pa.Table, cfg, download_dir: Path | None, spill_dir: Path
         log.info("dedup: copy search proposed %d pairs, %d match pixel for pixel", len(a), int(confirmed.sum()))
         a, b = a[confirmed], b[confirmed]
         first, second = np.concatenate([first, a]), np.concatenate([second, b])
-        similarity = np.concatenate([similarity, np.einsum("ij,ij->i", vectors[a], vectors[b]).astype(np.float32)])
+        similarity = np.concatenate([similarity, _cosine(vectors, a, b)])
     strength = np.array([check.matches[(i, j)] for i, j in zip(first.tolist(), second.tolist())], np.float32)
     if check.lone is not None:  # decided once every candidate pair was checked
         a, b, shape = check.lone.found(check.matches, check.alike)
         log.info("dedup: %d lone pairs the copy verifier doubted match pixel for pixel", len(a))
         first, second = np.concatenate([first, a]), np.concatenate([second, b])
-        similarity = np.concatenate([similarity, np.einsum("ij,ij->i", vectors[a], vectors[b]).astype(np.float32)])
+        similarity = np.concatenate([similarity, _cosine(vectors, a, b)])
         strength = np.concatenate([strength, shape])
     return Links(first, second, similarity, strength), centroid_sim
+
+
+def _cosine(vectors: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", vectors[first], vectors[second]).astype(np.float32)
 
 
 class PixelCheck:
@@ -74,12 +77,17 @@ class PixelCheck:
         self.candidates = self.confirmed = 0
         self.matches: dict[tuple[int, int], float] = {}  # confirmed pair -> its aligned shape correlation
 
-    def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        ok = np.zeros(len(first), bool)
-        for lo in range(0, len(first), PAIRS_PER_READ):  # the thumbnails of one batch of pairs in memory
+    def _batches(self, first: np.ndarray, second: np.ndarray):
+        """(slice, pairs' rows a and b, their distinct rows, those rows' thumbnails): one batch of pairs at a time
+        with its thumbnails in memory."""
+        for lo in range(0, len(first), PAIRS_PER_READ):
             a, b = first[lo:lo + PAIRS_PER_READ], second[lo:lo + PAIRS_PER_READ]
             rows = np.unique(np.concatenate([a, b]))
-            thumbs = self.store.get(rows)
+            yield slice(lo, lo + PAIRS_PER_READ), a, b, rows, self.store.get(rows)
+
+    def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        ok = np.zeros(len(first), bool)
+        for batch, a, b, rows, thumbs in self._batches(first, second):
             verdicts = pixel_verdicts(thumbs, np.searchsorted(rows, a), np.searchsorted(rows, b), self.minimum,
                                       self.colour_max, self.verifier, self.store.log_aspect[rows], self.rotations,
                                       self.same_size.lenient(a, b))
@@ -87,7 +95,7 @@ class PixelCheck:
                 self.lone.record(rows, thumbs, a, b, verdicts)
             match = verdicts.match
             hit = match >= self.minimum
-            ok[lo:lo + PAIRS_PER_READ] = hit
+            ok[batch] = hit
             self.matches.update(zip(zip(a[hit].tolist(), b[hit].tolist()), match[hit].tolist()))
         self.candidates, self.confirmed = self.candidates + len(first), self.confirmed + int(ok.sum())
         return ok
@@ -95,12 +103,9 @@ class PixelCheck:
     def alike(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         """Per pair: past the shape bar and the colour guard (no verifier, no turns)."""
         ok = np.zeros(len(first), bool)
-        for lo in range(0, len(first), PAIRS_PER_READ):
-            a, b = first[lo:lo + PAIRS_PER_READ], second[lo:lo + PAIRS_PER_READ]
-            rows = np.unique(np.concatenate([a, b]))
-            ok[lo:lo + PAIRS_PER_READ] = pixel_match(
-                self.store.get(rows), np.searchsorted(rows, a), np.searchsorted(rows, b), self.minimum,
-                self.colour_max, None, self.store.log_aspect[rows]) >= self.minimum
+        for batch, a, b, rows, thumbs in self._batches(first, second):
+            ok[batch] = pixel_match(thumbs, np.searchsorted(rows, a), np.searchsorted(rows, b), self.minimum,
+                                    self.colour_max, None, self.store.log_aspect[rows]) >= self.minimum
         return ok
 
 
@@ -123,7 +128,7 @@ class SameRareSize:
             return
         members = np.unique(pairs)
         thumbs = store.get(members)
-        self.picture = {int(r): hashlib.blake2b(t.tobytes(), digest_size=16).digest() for r, t in zip(members, thumbs)}
+        self.picture = {int(r): picture_digest(t) for r, t in zip(members, thumbs)}
         alike = pixel_match(thumbs, np.searchsorted(members, pairs[:, 0]), np.searchsorted(members, pairs[:, 1]),
                             minimum, colour_max, None, store.log_aspect[members]) >= minimum
         for i, j in pairs[alike].tolist():

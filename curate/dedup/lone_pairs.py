@@ -10,12 +10,11 @@ the copy search's), each tested against both rows once every candidate pair of t
 checked (`LonePairs.found`); rows of the same thumbnail as either row are that picture again, not a third."""
 from __future__ import annotations
 
-import hashlib
 from typing import Callable
 
 import numpy as np
 
-from curate.dedup.image_match import GRAY_CHROMA, Verdicts, chroma
+from curate.dedup.image_match import GRAY_CHROMA, Verdicts, chroma, picture_digest
 
 
 class LonePairs:
@@ -24,24 +23,22 @@ class LonePairs:
     def __init__(self, minimum: float):
         self.minimum = minimum
         self.picture: dict[int, bytes] = {}  # row -> a digest of its thumbnail
-        self.colourful: dict[int, bool] = {}
         self.candidates: list[np.ndarray] = []  # (pairs, 2) of every batch: who was proposed with whom
         self.doubted: dict[tuple[int, int], float] = {}  # alike pairs the verifier doubted -> their shape
 
     def record(self, rows: np.ndarray, thumbs: np.ndarray, first: np.ndarray, second: np.ndarray,
                verdicts: Verdicts) -> None:
         """One batch: `thumbs` of the table's `rows`, pairs (first, second) of table rows and their verdicts."""
-        fresh = [k for k, row in enumerate(rows.tolist()) if row not in self.picture]
-        for k, colour in zip(fresh, (chroma(thumbs[fresh]) > GRAY_CHROMA).tolist()):
-            row = int(rows[k])
-            self.picture[row] = hashlib.blake2b(thumbs[k].tobytes(), digest_size=16).digest()
-            self.colourful[row] = colour
+        for k, row in enumerate(rows.tolist()):
+            if row not in self.picture:
+                self.picture[row] = picture_digest(thumbs[k])
         self.candidates.append(np.stack([first, second], 1).astype(np.int64))
         failed = verdicts.match < verdicts.shape  # -1: the verifier said no
-        doubted = verdicts.alike & failed & (verdicts.probability >= self.minimum)
-        for k in np.flatnonzero(doubted).tolist():
-            i, j = int(first[k]), int(second[k])
-            if self.colourful[i] or self.colourful[j]:
+        doubted = np.flatnonzero(verdicts.alike & failed & (verdicts.probability >= self.minimum))
+        colourful = [chroma(thumbs[np.searchsorted(rows, side[doubted])]) > GRAY_CHROMA for side in (first, second)]
+        for k, colour in zip(doubted.tolist(), (colourful[0] | colourful[1]).tolist()):
+            if colour:
+                i, j = int(first[k]), int(second[k])
                 self.doubted[min(i, j), max(i, j)] = float(verdicts.shape[k])
 
     def found(self, confirmed, alike: Callable[[np.ndarray, np.ndarray], np.ndarray]):
